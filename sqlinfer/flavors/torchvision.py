@@ -1,0 +1,100 @@
+"""Flavor `torchvision`: any classification network of ``torchvision.models`` by name.
+
+Weights are a local state_dict file, a torchvision weights name (``IMAGENET1K_V2``, ``DEFAULT``),
+resolved through torchvision's own cache and download, or ``random`` (a seeded random init made
+on the driver, so every worker gets the same network).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlinfer.flavors import Defaults, Weights, load_state, state_dict_weights, state_tensors, weights_path
+from sqlinfer.spec import Located, ModelDecl, Preprocess
+
+RANDOM = "random"
+
+
+def classification_models() -> list[str]:
+    import torchvision.models
+
+    return torchvision.models.list_models(module=torchvision.models)
+
+
+def _weights_enum(decl: ModelDecl):  # noqa: ANN202 - torchvision's WeightsEnum
+    import torchvision.models
+
+    try:
+        return torchvision.models.get_model_weights(decl.architecture)
+    except (ValueError, KeyError):
+        return None
+
+
+def _is_weights_name(decl: ModelDecl) -> bool:
+    enum = _weights_enum(decl)
+    return bool(decl.weights and enum is not None and "/" not in decl.weights and "." not in decl.weights
+                and (decl.weights == "DEFAULT" or decl.weights in enum.__members__))
+
+
+def check(item: Located) -> None:
+    if item.decl.architecture not in classification_models():
+        raise item.error(f"unknown torchvision architecture {item.decl.architecture!r} "
+                         "(see torchvision.models.list_models(module=torchvision.models))",
+                         code="config.unknown_architecture", key="architecture")
+
+
+def load_weights(item: Located, root: Path) -> Weights:
+    import torch
+    from safetensors.torch import save
+
+    check(item)
+    decl = item.decl
+    if decl.weights in (None, RANDOM):
+        if decl.weights is None:
+            raise item.error("needs `weights`: a state_dict file, a torchvision weights name "
+                             "(e.g. IMAGENET1K_V1) or `random`", code="config.missing_key")
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            return Weights("safetensors", save(state_tensors(_new(decl).state_dict())))
+    if _is_weights_name(decl):
+        enum = _weights_enum(decl)
+        try:
+            state = enum[decl.weights].get_state_dict(progress=False, check_hash=True)
+        except Exception as exc:  # noqa: BLE001 - download/cache failures of any kind
+            raise item.error(f"cannot fetch torchvision weights {decl.weights}: {exc}",
+                             code="config.bad_weights", key="weights") from None
+        return Weights("safetensors", save(state_tensors(state)))
+    return state_dict_weights(item, weights_path(item, root))
+
+
+def _new(decl: ModelDecl):  # noqa: ANN202
+    import torchvision.models
+
+    return torchvision.models.get_model(decl.architecture, weights=None, **decl.kwargs)
+
+
+def build(decl: ModelDecl, weights: Weights):  # noqa: ANN201
+    module = _new(decl)
+    load_state(module, weights)
+    return module
+
+
+def defaults(decl: ModelDecl) -> Defaults:
+    """The weights' own transforms and class names (for a file, those of the architecture's DEFAULT
+    weights: the metadata ships with torchvision, nothing is downloaded)."""
+    enum = _weights_enum(decl)
+    if enum is None:
+        return Defaults()
+    entry = enum[decl.weights] if _is_weights_name(decl) else getattr(enum, "DEFAULT", None)
+    if entry is None:
+        return Defaults()
+    transform = entry.transforms()
+    interpolation = getattr(transform, "interpolation", None)
+    preprocess = Preprocess(
+        resize=int(transform.resize_size[0]),
+        crop=int(transform.crop_size[0]),
+        mean=tuple(transform.mean),
+        std=tuple(transform.std),
+        interpolation=interpolation.value if interpolation is not None else "bilinear",
+    )
+    return Defaults(preprocess=preprocess, labels=tuple(entry.meta.get("categories") or ()) or None)

@@ -1,0 +1,118 @@
+"""The Python API: a project on disk, its models and sources, registered on a SparkSession.
+
+    project = sqlinfer.Project.load("projects/digits")
+    spark = project.session()            # or any SparkSession of your own:
+    project.register(spark)              # UDFs + sources as temp views
+    spark.sql("SELECT digits_predict(content) FROM digits_images").show()
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlinfer.config import ProjectConfig, inside, load_project_file
+from sqlinfer.errors import SqlinferError
+from sqlinfer.spec import Located, check_unique_names, load_models_file
+from sqlinfer.yamlfile import LineDict
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+    from sqlinfer.registry import ResolvedModel
+    from sqlinfer.udf import UdfStats
+
+
+@dataclass
+class Project:
+    root: Path
+    config: ProjectConfig
+    raw: LineDict = field(repr=False)
+    models: tuple[Located, ...]
+    stats: dict[str, UdfStats] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Project:
+        """Read and validate the project file and its models files (no Spark, no torch)."""
+        root = Path(path).resolve()
+        config, raw = load_project_file(root)
+        project_file = root / "sqlinfer_project.yml"
+        models: list[Located] = []
+        for relative in config.models:
+            models_path = inside(root, relative, what="models file", path=project_file,
+                                 line=raw.line_of("models"))
+            models.extend(load_models_file(models_path))
+        check_unique_names(tuple(models))
+        return cls(root, config, raw, tuple(models))
+
+    @property
+    def project_file(self) -> Path:
+        return self.root / "sqlinfer_project.yml"
+
+    @property
+    def target(self) -> Path:
+        return inside(self.root, self.config.target, what="target", path=self.project_file,
+                      line=self.raw.line_of("target"))
+
+    @cached_property
+    def resolved(self) -> tuple[ResolvedModel, ...]:
+        """Weights read, defaults applied, networks checked: all declaration errors surface here."""
+        from sqlinfer.registry import resolve_all
+
+        return resolve_all(self.models, self.root)
+
+    def session(self, master: str | None = None, conf: dict[str, Any] | None = None) -> SparkSession:
+        """The project's SparkSession (the project file's `spark:` section, then ``conf``)."""
+        from sqlinfer.session import build_session
+
+        return build_session(self.target, master, {**self.config.spark, **(conf or {})})
+
+    def register(self, spark: SparkSession) -> dict[str, UdfStats]:
+        """Register every model's UDF and every source (as a temp view) on ``spark``."""
+        from sqlinfer.udf import register
+
+        for model in self.resolved:
+            self.stats[model.plan.udf_name] = register(spark, model)
+        self.register_sources(spark)
+        return self.stats
+
+    def register_sources(self, spark: SparkSession) -> None:
+        from pyspark.errors import AnalysisException, ParseException
+        from pyspark.sql import functions as F
+
+        for name, source in self.config.sources.items():
+            line = self.raw["sources"].line_of(name)
+            try:
+                if source.table is not None:
+                    frame = spark.table(source.table)
+                else:
+                    frame = self._reader(spark, source).load(self._source_path(source.path, line))
+                for column, expression in source.columns.items():
+                    frame = frame.withColumn(column, F.expr(expression))
+            except (AnalysisException, ParseException) as exc:
+                raise SqlinferError(f"source {name!r} cannot be read: {str(exc).splitlines()[0]}",
+                                    code="source.unreadable", path=self.project_file, line=line) from None
+            frame.createOrReplaceTempView(name)
+
+    @staticmethod
+    def _reader(spark: SparkSession, source: Any) -> Any:
+        reader = spark.read.format(source.format)
+        if source.glob:
+            reader = reader.option("pathGlobFilter", source.glob)
+        if source.recursive:
+            reader = reader.option("recursiveFileLookup", "true")
+        for key, value in source.options.items():
+            reader = reader.option(key, str(value).lower() if isinstance(value, bool) else str(value))
+        return reader
+
+    def _source_path(self, path: str | None, line: int | None) -> str:
+        """Relative paths are relative to the project; URIs (s3a://, hdfs://) and absolute paths pass."""
+        assert path is not None
+        if "://" in path or Path(path).is_absolute():
+            return path
+        return str(inside(self.root, path, what="source path", path=self.project_file, line=line))
+
+    def sql(self, spark: SparkSession, query: str) -> DataFrame:
+        return spark.sql(query)
