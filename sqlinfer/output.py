@@ -40,7 +40,8 @@ def write_single_file(frame: DataFrame, path: Path) -> int:
         with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp:
             writer = frame.coalesce(1).write.mode("overwrite").format(fmt)
             if fmt == "csv":
-                writer = writer.option("header", "true")
+                # RFC 4180 quoting (Spark's default escapes quotes with a backslash).
+                writer = writer.option("header", "true").option("escape", '"')
             writer.save(str(Path(tmp) / "out"))
             (part,) = [p for p in (Path(tmp) / "out").iterdir() if p.name.startswith("part-")]
             shutil.move(str(part), str(path))

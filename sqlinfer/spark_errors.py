@@ -6,7 +6,8 @@ import re
 
 from sqlinfer.errors import SqlinferError
 
-_SQLINFER_MESSAGE = re.compile(r"(sqlinfer: [^\n]*)")
+# The last line of a worker traceback raised by sqlinfer.worker.InputError.
+_SQLINFER_MESSAGE = re.compile(r"InputError: sqlinfer: ([^\n]*)")
 
 
 def translate(exc: BaseException) -> SqlinferError | None:
@@ -20,7 +21,7 @@ def translate(exc: BaseException) -> SqlinferError | None:
     text = str(exc)
     found = _SQLINFER_MESSAGE.search(text)
     if found:
-        return SqlinferError(found.group(1).removeprefix("sqlinfer: "), code="udf.failed")
+        return SqlinferError(found.group(1), code="udf.failed")
     if isinstance(exc, ParseException):
         return SqlinferError(f"SQL syntax error: {first_line(text)}", code="sql.syntax")
     if isinstance(exc, AnalysisException):

@@ -1,0 +1,5 @@
+"""`python -m sqlinfer` is the `sqlinfer` command."""
+
+from sqlinfer.cli import main
+
+main()
