@@ -30,6 +30,25 @@ def spark_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--master", default=None, help="Spark master URL (default: local[*]).")(func)
 
 
+def parse_vars(text: str | None) -> dict[str, Any]:
+    """--vars: a YAML (or JSON) mapping, e.g. '{eval_split: train, min_score: 0.5}'."""
+    if not text:
+        return {}
+    import yaml
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise click.BadParameter(f"not YAML: {exc}", param_hint="--vars") from None
+    if not isinstance(value, dict):
+        raise click.BadParameter("must be a mapping like '{name: value}'", param_hint="--vars")
+    return value
+
+
+vars_option = click.option("--vars", "variables", default=None, metavar="YAML",
+                           help="Values for var(), e.g. '{eval_split: train}'; win over the project file.")
+
+
 def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     """SqlinferError (and Spark's own errors, translated) -> one clear line on stderr, exit 1."""
 
@@ -80,15 +99,17 @@ def models(project: Path) -> None:
 @click.option("--limit", default=20, show_default=True, help="Rows to print (ignored with --output).")
 @click.option("--output", "output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write all rows to a .parquet, .csv or .json file instead of printing.")
+@vars_option
 @spark_options
 @user_errors
-def sql(project: Path, query: str, limit: int, output: Path | None, master: str | None,
+def sql(project: Path, query: str, limit: int, output: Path | None, variables: str | None, master: str | None,
         conf: tuple[str, ...]) -> None:
-    """Run QUERY with the project's model functions and sources registered."""
+    """Run QUERY with the project's model functions, sources and view nodes registered."""
     from sqlinfer.output import write_single_file
     from sqlinfer.project import Project
 
-    loaded = Project.load(project)
+    loaded = Project.load(project, parse_vars(variables))
+    loaded.resolved  # noqa: B018 - declaration errors surface before Spark starts
     spark = loaded.session(master, _conf_pairs(conf))
     loaded.register(spark)
     frame = spark.sql(query)
@@ -100,6 +121,87 @@ def sql(project: Path, query: str, limit: int, output: Path | None, master: str 
     click.echo(format_table(frame.columns, [tuple(r) for r in rows[:limit]]))
     more = " (more rows not shown; raise --limit or use --output)" if len(rows) > limit else ""
     click.echo(f"{min(len(rows), limit)} rows{more}")
+
+
+selection_options = [
+    click.option("--select", "-s", "select", multiple=True, metavar="SELECTOR",
+                 help="Nodes to build: NAME, +NAME (with ancestors), NAME+ (with descendants); repeatable."),
+    click.option("--exclude", multiple=True, metavar="SELECTOR", help="Nodes to leave out (same syntax)."),
+]
+
+
+def with_selection(func: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(selection_options):
+        func = option(func)
+    return func
+
+
+@main.command()
+@project_argument
+@with_selection
+@click.option("--full-refresh", is_flag=True, help="Rebuild incremental tables from scratch.")
+@vars_option
+@spark_options
+@user_errors
+def build(project: Path, select: tuple[str, ...], exclude: tuple[str, ...], full_refresh: bool,
+          variables: str | None, master: str | None, conf: tuple[str, ...]) -> None:
+    """Compile the project's SQL nodes, then materialize them in dependency order."""
+    from sqlinfer.project import Project
+
+    loaded = Project.load(project, parse_vars(variables))
+    loaded.node_loader().load()  # template and model errors surface before Spark starts
+    loaded.resolved  # noqa: B018
+    spark = loaded.session(master, _conf_pairs(conf))
+    result = loaded.build(spark, select, exclude, full_refresh, report=click.echo)
+    click.echo(f"Results: {loaded.target / 'run_results.json'}")
+    sys.exit(0 if result.success else 1)
+
+
+@main.command("compile")
+@project_argument
+@vars_option
+@spark_options
+@user_errors
+def compile_command(project: Path, variables: str | None, master: str | None, conf: tuple[str, ...]) -> None:
+    """Render every node to target/compiled/ and check it with Spark's analyzer (no model runs)."""
+    from sqlinfer.project import Project
+
+    loaded = Project.load(project, parse_vars(variables))
+    loaded.node_loader().load()
+    loaded.resolved  # noqa: B018
+    spark = loaded.session(master, _conf_pairs(conf))
+    manifest = loaded.compile(spark)
+    click.echo(f"Compiled {len(manifest.nodes)} nodes to {loaded.target / 'compiled'}; all pass Spark's analyzer.")
+
+
+@main.command("ls")
+@project_argument
+@with_selection
+@user_errors
+def ls_command(project: Path, select: tuple[str, ...], exclude: tuple[str, ...]) -> None:
+    """List the nodes in build order with materialization, dependencies and model functions."""
+    from sqlinfer.project import Project
+
+    loaded = Project.load(project)
+    manifest = loaded.node_loader().load()
+    rows = [(n.name, n.config.materialized, ", ".join(sorted(n.rendered.refs)) or "-",
+             ", ".join(sorted(n.rendered.sources)) or "-", ", ".join(sorted(n.udfs)) or "-",
+             str(n.path.relative_to(loaded.root)))
+            for n in manifest.order(select, exclude)]
+    click.echo(format_table(["node", "materialized", "refs", "sources", "functions", "file"], rows))
+
+
+@main.command()
+@click.argument("name")
+@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where to create it (default: ./NAME).")
+@user_errors
+def init(name: str, directory: Path | None) -> None:
+    """Create a new project that builds out of the box (a small random-init model over sample images)."""
+    from sqlinfer.scaffold import create_project
+
+    root = create_project(name, directory or Path(name))
+    click.echo(f"Created {root}. Next: sqlinfer build {root}")
 
 
 def _cell(value: Any) -> str:
@@ -123,3 +225,29 @@ def format_table(header: list[str], rows: list[tuple[Any, ...]]) -> str:
     lines = [" | ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
     lines.insert(1, "-+-".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+# --- serve (issue 4) ---------------------------------------------------------------------------
+
+@main.command()
+@project_argument
+@click.option("--host", default=None,
+              help="Address to listen on (default 127.0.0.1: this machine only). Any other address needs "
+                   "authentication configured, or --insecure-no-auth.")
+@click.option("--port", type=click.IntRange(0, 65535), default=None,
+              help="Port to listen on (default 10000; 0 picks a free one and prints it).")
+@click.option("--insecure-no-auth", is_flag=True,
+              help="Allow a non-loopback --host WITHOUT authentication: anyone who reaches the port can run "
+                   "SQL and model code as you. Only for networks you trust completely.")
+@spark_options
+@user_errors
+def serve(project: Path, host: str | None, port: int | None, insecure_no_auth: bool, master: str | None,
+          conf: tuple[str, ...]) -> None:
+    """Serve the project's model functions, sources and tables to JDBC/Thrift clients (beeline, BI tools,
+    PyHive) until Ctrl-C or SIGTERM. `--conf hive.server2.KEY=VALUE` sets the server (authentication, TLS,
+    http transport; see docs/serve.md), other --conf keys set Spark."""
+    from sqlinfer.project import Project
+    from sqlinfer.serve import serve as serve_project
+
+    serve_project(Project.load(project), host=host, port=port, master=master, conf=_conf_pairs(conf),
+                  allow_insecure=insecure_no_auth, echo=click.echo)

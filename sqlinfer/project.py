@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -21,7 +22,9 @@ from sqlinfer.yamlfile import LineDict
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
+    from sqlinfer.nodes import Manifest, NodeLoader
     from sqlinfer.registry import ResolvedModel
+    from sqlinfer.runner import RunResult
     from sqlinfer.udf import UdfStats
 
 
@@ -32,10 +35,12 @@ class Project:
     raw: LineDict = field(repr=False)
     models: tuple[Located, ...]
     stats: dict[str, UdfStats] = field(default_factory=dict, repr=False)
+    vars_override: dict[str, Any] = field(default_factory=dict)  # --vars: wins over the project file
 
     @classmethod
-    def load(cls, path: str | Path) -> Project:
-        """Read and validate the project file and its models files (no Spark, no torch)."""
+    def load(cls, path: str | Path, variables: dict[str, Any] | None = None) -> Project:
+        """Read and validate the project file and its models files (no Spark, no torch).
+        ``variables`` override the project file's `vars:`."""
         root = Path(path).resolve()
         config, raw = load_project_file(root)
         project_file = root / "sqlinfer_project.yml"
@@ -45,7 +50,7 @@ class Project:
                                  line=raw.line_of("models"))
             models.extend(load_models_file(models_path))
         check_unique_names(tuple(models))
-        return cls(root, config, raw, tuple(models))
+        return cls(root, config, raw, tuple(models), vars_override=dict(variables or {}))
 
     @property
     def project_file(self) -> Path:
@@ -69,14 +74,54 @@ class Project:
 
         return build_session(self.target, master, {**self.config.spark, **(conf or {})})
 
-    def register(self, spark: SparkSession) -> dict[str, UdfStats]:
-        """Register every model's UDF and every source (as a temp view) on ``spark``."""
+    def register(self, spark: SparkSession, *, views: bool = True) -> dict[str, UdfStats]:
+        """Register every model's UDF, every source (a temporary view) and, with ``views``, the
+        project's view nodes on ``spark``."""
         from sqlinfer.udf import register
 
         for model in self.resolved:
             self.stats[model.plan.udf_name] = register(spark, model)
         self.register_sources(spark)
+        if views:
+            self.create_views(spark)
         return self.stats
+
+    def node_loader(self) -> NodeLoader:
+        from sqlinfer.nodes import NodeLoader
+
+        folder = inside(self.root, self.config.sql, what="sql folder", path=self.project_file,
+                        line=self.raw.line_of("sql"))
+        macros = inside(self.root, self.config.macros, what="macros folder", path=self.project_file,
+                        line=self.raw.line_of("macros"))
+        return NodeLoader(folder, macros, self.config.database, self.config.sources,
+                          {**self.config.vars, **self.vars_override},
+                          {m.decl.name: m.decl.udf_name for m in self.models})
+
+    def create_views(self, spark: SparkSession) -> None:
+        """View nodes are temporary views: every session of the project creates them again."""
+        from sqlinfer.materialize import Materializer
+
+        manifest = self.node_loader().load()
+        materializer = Materializer(spark, self.config.database)
+        for node in manifest.order():
+            if node.config.materialized == "view":
+                materializer.view(node)
+
+    def build(self, spark: SparkSession, select: tuple[str, ...] = (), exclude: tuple[str, ...] = (),
+              full_refresh: bool = False, report: Callable[[str], None] = lambda _line: None) -> RunResult:
+        """Compile, then materialize the selected nodes in dependency order (see sqlinfer.runner)."""
+        from sqlinfer.runner import Runner
+
+        if not self.stats:
+            self.register(spark, views=False)
+        return Runner(self, spark, report).build(select, exclude, full_refresh)
+
+    def compile(self, spark: SparkSession) -> Manifest:
+        from sqlinfer.runner import Runner
+
+        if not self.stats:
+            self.register(spark, views=False)
+        return Runner(self, spark).compile()
 
     def register_sources(self, spark: SparkSession) -> None:
         from pyspark.errors import AnalysisException, ParseException

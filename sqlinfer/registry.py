@@ -89,8 +89,9 @@ def _check_network(item: Located, weights: Weights, shape: tuple[int, ...]) -> i
 
 
 def fingerprint(item: Located, pp: Preprocess | None, labels: tuple[str, ...] | None, weights: Weights) -> str:
+    # batch_size and device change how fast a model runs, not what it predicts.
     description = {
-        "decl": item.decl.model_dump(mode="json", by_alias=True),
+        "decl": item.decl.model_dump(mode="json", by_alias=True, exclude={"batch_size", "device"}),
         "preprocess": pp.model_dump(mode="json") if pp else None,
         "labels": list(labels) if labels else None,
         "weights": weights.digest,

@@ -33,3 +33,17 @@ def translate(exc: BaseException) -> SqlinferError | None:
 
 def first_line(text: str) -> str:
     return next((line.strip() for line in text.splitlines() if line.strip()), text)
+
+
+_LINE_PATTERNS = (re.compile(r"== SQL \(line (\d+), position \d+\) =="), re.compile(r"\bline (\d+),? pos \d+"),
+                  re.compile(r"\bline (\d+):\d+"))
+
+
+def sql_line(exc: BaseException) -> int | None:
+    """The line of the SQL text that a Spark parse or analysis error points at, if it says."""
+    text = str(exc)
+    for pattern in _LINE_PATTERNS:
+        found = pattern.search(text)
+        if found:
+            return int(found.group(1))
+    return None

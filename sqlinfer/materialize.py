@@ -1,0 +1,140 @@
+"""How each materialization turns a node's SELECT into a relation, without losing data.
+
+- ``view``: a temporary view, created again in every session of the project (it may call model
+  functions and read sources, which are session objects too).
+- ``table``: the new data is written completely into a staging table, then names are swapped; the
+  old table is dropped only after the new one has its name. A build killed at any point leaves the
+  old table, or the new one, complete under the node's name; the next build finishes or undoes an
+  interrupted swap and removes leftover staging data first.
+- ``incremental``: the first build writes everything; later builds append only rows whose
+  ``unique_key`` is not in the table yet (a left anti join that Spark pushes below the model call,
+  so old rows are not scored again), de-duplicated by key. A changed model fingerprint (recorded in
+  the table's properties) or ``--full-refresh`` rebuilds it like a table.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from sqlinfer.nodes import Node
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+STAGING = "__sqlinfer_new"
+BACKUP = "__sqlinfer_old"
+MODELS_PROPERTY = "sqlinfer.models"  # JSON {function name: model fingerprint}
+BUILT_BY_PROPERTY = "sqlinfer.node"
+
+
+@dataclass
+class Outcome:
+    rows: int | None  # rows written (appended, for an incremental build); None for views
+    action: str  # created view | rebuilt | created | appended | full refresh
+    note: str = ""
+
+
+class Materializer:
+    def __init__(self, spark: SparkSession, database: str) -> None:
+        self.spark = spark
+        self.database = database
+
+    # -- names and catalog helpers ---------------------------------------------------------------
+    def qualified(self, name: str) -> str:
+        return f"`{self.database}`.`{name}`"
+
+    def exists(self, name: str) -> bool:
+        return self.spark.catalog.tableExists(f"{self.database}.{name}")
+
+    def models_recorded(self, name: str) -> dict[str, str] | None:
+        """The model fingerprints recorded with a built table (None: no such table or none recorded)."""
+        if not self.exists(name):
+            return None
+        rows = self.spark.sql(f"SHOW TBLPROPERTIES {self.qualified(name)}").collect()
+        properties = {row[0]: row[1] for row in rows}
+        recorded = properties.get(MODELS_PROPERTY)
+        return json.loads(recorded) if recorded else {}
+
+    def _drop_with_data(self, name: str) -> None:
+        """Drop a staging/backup table, and its folder even when the metastore lost track of it."""
+        self.spark.sql(f"DROP TABLE IF EXISTS {self.qualified(name)}")
+        location = self._default_location(name)
+        jvm = self.spark._jvm  # type: ignore[attr-defined]
+        path = jvm.org.apache.hadoop.fs.Path(location)
+        fs = path.getFileSystem(self.spark._jsc.hadoopConfiguration())  # type: ignore[attr-defined]
+        if fs.exists(path):
+            fs.delete(path, True)
+
+    def _default_location(self, name: str) -> str:
+        database_uri = self.spark.catalog.getDatabase(self.database).locationUri
+        return f"{database_uri.rstrip('/')}/{name.lower()}"
+
+    def recover(self, name: str) -> str | None:
+        """Finish or undo a swap a killed build left behind; remove leftover staging data."""
+        note = None
+        if not self.exists(name) and self.exists(name + BACKUP):
+            # Killed between the two renames: the old table is complete under the backup name.
+            self.spark.sql(f"ALTER TABLE {self.qualified(name + BACKUP)} RENAME TO {self.qualified(name)}")
+            note = "restored the previous table after an interrupted build"
+        self._drop_with_data(name + STAGING)
+        self._drop_with_data(name + BACKUP)
+        return note
+
+    # -- materializations ---------------------------------------------------------------------------
+    def view(self, node: Node) -> Outcome:
+        self.spark.sql(f"CREATE OR REPLACE TEMPORARY VIEW `{node.name}` AS {node.sql}")
+        return Outcome(None, "created view")
+
+    def _create_table_as(self, name: str, node: Node, frame_sql: str, models: dict[str, str]) -> None:
+        cfg = node.config
+        partition = f"PARTITIONED BY ({', '.join(f'`{c}`' for c in cfg.partition_by)}) " if cfg.partition_by else ""
+        properties = {MODELS_PROPERTY: json.dumps(models, sort_keys=True), BUILT_BY_PROPERTY: node.name}
+        props = ", ".join(f"'{k}' = '{v.replace(chr(39), chr(92) + chr(39))}'" for k, v in properties.items())
+        # The SELECT goes after "AS " on the same line, so Spark's line numbers are the file's.
+        self.spark.sql(f"CREATE TABLE {self.qualified(name)} USING {cfg.file_format} {partition}"
+                       f"TBLPROPERTIES ({props}) AS {frame_sql}")
+
+    def table(self, node: Node, models: dict[str, str]) -> Outcome:
+        note = self.recover(node.name)
+        self._create_table_as(node.name + STAGING, node, node.sql, models)
+        rows = self.spark.table(self.qualified(node.name + STAGING)).count()
+        self._swap(node.name)
+        return Outcome(rows, "rebuilt", note or "")
+
+    def _swap(self, name: str) -> None:
+        staging, backup, target = (self.qualified(name + STAGING), self.qualified(name + BACKUP),
+                                   self.qualified(name))
+        if self.exists(name):
+            self.spark.sql(f"ALTER TABLE {target} RENAME TO {backup}")
+        self.spark.sql(f"ALTER TABLE {staging} RENAME TO {target}")
+        self._drop_with_data(name + BACKUP)
+
+    def incremental(self, node: Node, incremental_sql: str, models: dict[str, str], full_refresh: bool,
+                    reason: str) -> Outcome:
+        key = node.config.unique_key
+        assert key is not None
+        note = self.recover(node.name)
+        if full_refresh or not self.exists(node.name):
+            frame = self.spark.sql(node.sql).dropDuplicates([key])
+            frame.createOrReplaceTempView("__sqlinfer_full")
+            self._create_table_as(node.name + STAGING, node, "SELECT * FROM __sqlinfer_full", models)
+            rows = self.spark.table(self.qualified(node.name + STAGING)).count()
+            self._swap(node.name)
+            action = "full refresh" if full_refresh and reason else "created"
+            return Outcome(rows, action, "; ".join(x for x in (note, reason) if x))
+        new_rows = self._new_rows(node, incremental_sql, key)
+        before = self.spark.table(self.qualified(node.name)).count()
+        new_rows.write.insertInto(f"{self.database}.{node.name}")
+        rows = self.spark.table(self.qualified(node.name)).count() - before
+        return Outcome(rows, "appended", note or "")
+
+    def _new_rows(self, node: Node, sql: str, key: str) -> DataFrame:
+        target = self.spark.table(self.qualified(node.name))
+        fresh = self.spark.sql(sql)
+        columns = target.columns
+        # The anti join on the key sits right above the node's projection, so the optimizer pushes
+        # it below the model call: rows already in the table are not scored again.
+        return (fresh.join(target.select(key), on=key, how="left_anti")
+                .dropDuplicates([key]).select(*columns))
