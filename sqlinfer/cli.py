@@ -112,6 +112,8 @@ def sql(project: Path, query: str, limit: int, output: Path | None, variables: s
     loaded.resolved  # noqa: B018 - declaration errors surface before Spark starts
     spark = loaded.session(master, _conf_pairs(conf))
     loaded.register(spark)
+    for warning in loaded.warnings:
+        click.echo(f"warning: {warning}", err=True)
     frame = spark.sql(query)
     if output is not None:
         count = write_single_file(frame, output)

@@ -98,10 +98,11 @@ class Materializer:
 
     def table(self, node: Node, models: dict[str, str]) -> Outcome:
         note = self.recover(node.name)
+        existed = self.exists(node.name)
         self._create_table_as(node.name + STAGING, node, node.sql, models)
         rows = self.spark.table(self.qualified(node.name + STAGING)).count()
         self._swap(node.name)
-        return Outcome(rows, "rebuilt", note or "")
+        return Outcome(rows, "rebuilt" if existed else "created", note or "")
 
     def _swap(self, name: str) -> None:
         staging, backup, target = (self.qualified(name + STAGING), self.qualified(name + BACKUP),

@@ -20,7 +20,7 @@ from sqlinfer.spec import Located, check_unique_names, load_models_file
 from sqlinfer.yamlfile import LineDict
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import SparkSession
 
     from sqlinfer.nodes import Manifest, NodeLoader
     from sqlinfer.registry import ResolvedModel
@@ -36,6 +36,7 @@ class Project:
     models: tuple[Located, ...]
     stats: dict[str, UdfStats] = field(default_factory=dict, repr=False)
     vars_override: dict[str, Any] = field(default_factory=dict)  # --vars: wins over the project file
+    warnings: list[str] = field(default_factory=list, repr=False)
 
     @classmethod
     def load(cls, path: str | Path, variables: dict[str, Any] | None = None) -> Project:
@@ -83,7 +84,11 @@ class Project:
             self.stats[model.plan.udf_name] = register(spark, model)
         self.register_sources(spark)
         if views:
-            self.create_views(spark)
+            try:
+                self.create_views(spark)
+            except SqlinferError as exc:
+                # A broken node must not block queries that do not use it; say why views are missing.
+                self.warnings.append(f"view nodes not created: {exc}")
         return self.stats
 
     def node_loader(self) -> NodeLoader:
@@ -158,6 +163,3 @@ class Project:
         if "://" in path or Path(path).is_absolute():
             return path
         return str(inside(self.root, path, what="source path", path=self.project_file, line=line))
-
-    def sql(self, spark: SparkSession, query: str) -> DataFrame:
-        return spark.sql(query)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import struct
 import textwrap
 import zlib
@@ -68,3 +69,14 @@ def write_project(root: Path, models_yml: str, project_yml: str | None = None) -
     (root / "models.yml").write_text(textwrap.dedent(models_yml))
     (root / "sqlinfer_project.yml").write_text(textwrap.dedent(project_yml or "name: test_project\n"))
     return root
+
+
+_databases = itertools.count()
+
+
+def own_database(root: Path) -> str:
+    """Give a copied project its own database in the shared test metastore."""
+    database = f"t{next(_databases)}_{root.parent.name[-12:].lower()}".replace("-", "_")
+    project_file = root / "sqlinfer_project.yml"
+    project_file.write_text(project_file.read_text() + f"database: {database}\n")
+    return database

@@ -3,7 +3,6 @@ fingerprint-triggered rebuilds, errors that name file and line and change no tab
 
 from __future__ import annotations
 
-import itertools
 import json
 import shutil
 import textwrap
@@ -11,18 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from helpers import own_database
 from sqlinfer import Project, SqlinferError
 
 pytestmark = pytest.mark.spark
-_databases = itertools.count()
-
-
-def own_database(root: Path) -> str:
-    """Give a copied project its own database in the shared test metastore."""
-    database = f"t{next(_databases)}_{root.parent.name[-12:].lower()}".replace("-", "_")
-    project_file = root / "sqlinfer_project.yml"
-    project_file.write_text(project_file.read_text() + f"database: {database}\n")
-    return database
 
 
 def rows(spark, table: str, drop: tuple[str, ...] = ()) -> list:  # noqa: ANN001
@@ -163,7 +154,7 @@ def built_small(spark, digits_copy: Path) -> tuple[Path, str]:  # noqa: ANN001
     ("scored.sql", "{{ config(materialized='table') }}\nSELECT path,\n  nosuch_predict(content)\n"
                    "FROM {{ source('digits_images') }}\n", "sql.analysis", 3),
     ("scored.sql", "SELECT 1\n{% if x %}\n", "sql.jinja_syntax", 2),
-    ("scored.sql", "{{ config(materialized='table') }}\nSELECT path\nFROM {{ ref('base') }}\nWHERE WHERE\n",
+    ("scored.sql", "{{ config(materialized='table') }}\nSELECT path\nFROM {{ ref('base') }}\nWHERE label = = 1\n",
      "sql.syntax", 4),
 ])
 def test_errors_name_file_and_line_and_change_no_table(spark, built_small: tuple[Path, str], file: str,
@@ -202,12 +193,15 @@ def test_hostile_var_selects_exactly_what_it_says(spark, tmp_path: Path) -> None
     values = ["x' OR '1'='1", "ends with \\", "plain", "x", "1"]
     root = tmp_path / "quoting"
     (root / "sql").mkdir(parents=True)
-    (root / "data.csv").write_text("name\n" + "".join(json.dumps(v) + "\n" for v in values))
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"name": values}), root / "names.parquet")
     (root / "models.yml").write_text("models: []\n")
     (root / "sqlinfer_project.yml").write_text(textwrap.dedent("""\
         name: quoting
         sources:
-          names: {format: csv, path: data.csv, options: {header: true, escape: '"'}}
+          names: {format: parquet, path: names.parquet}
         """))
     database = own_database(root)
     (root / "sql" / "picked.sql").write_text(
