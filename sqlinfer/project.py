@@ -84,11 +84,7 @@ class Project:
             self.stats[model.plan.udf_name] = register(spark, model)
         self.register_sources(spark)
         if views:
-            try:
-                self.create_views(spark)
-            except SqlinferError as exc:
-                # A broken node must not block queries that do not use it; say why views are missing.
-                self.warnings.append(f"view nodes not created: {exc}")
+            self.create_views(spark)
         return self.stats
 
     def node_loader(self) -> NodeLoader:
@@ -103,14 +99,27 @@ class Project:
                           {m.decl.name: m.decl.udf_name for m in self.models})
 
     def create_views(self, spark: SparkSession) -> None:
-        """View nodes are temporary views: every session of the project creates them again."""
-        from sqlinfer.materialize import Materializer
+        """View nodes are temporary views: every session of the project creates them again.
 
-        manifest = self.node_loader().load()
+        A node that cannot be rendered, or a view over a table not built yet, must not block queries
+        that do not use it: those views are left out and ``warnings`` says why.
+        """
+        from sqlinfer.materialize import Materializer
+        from sqlinfer.spark_errors import first_line
+
+        try:
+            manifest = self.node_loader().load()
+        except SqlinferError as exc:
+            self.warnings.append(f"view nodes not created: {exc}")
+            return
         materializer = Materializer(spark, self.config.database)
         for node in manifest.order():
             if node.config.materialized == "view":
-                materializer.view(node)
+                try:
+                    materializer.view(node)
+                except Exception as exc:  # noqa: BLE001 - typically a table not built yet
+                    self.warnings.append(f"view {node.name!r} not created ({node.path.name}): "
+                                         f"{first_line(str(exc))}")
 
     def build(self, spark: SparkSession, select: tuple[str, ...] = (), exclude: tuple[str, ...] = (),
               full_refresh: bool = False, report: Callable[[str], None] = lambda _line: None) -> RunResult:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,12 +20,15 @@ if TYPE_CHECKING:
 # Rows per Arrow batch sent to a Python worker. Small batches keep worker memory flat; the
 # model's own batch size is independent of this (see docs/performance.md).
 DEFAULT_ARROW_BATCH = 16
+# Start the Python workers in the background as soon as the session exists (see warm_up_workers).
+WARM_UP_WORKERS = "spark.sqlinfer.warmUpWorkers"
 LOG_CONFIG = Path(__file__).parent / "resources" / "log4j2.properties"
 
 
 def session_conf(target: Path, master: str | None, conf: Mapping[str, Any]) -> dict[str, str]:
     """Spark settings for a project whose generated files live in ``target``; ``conf`` wins."""
     target = target.resolve()
+    base_java_options = f"-Dderby.system.home={target} -Dlog4j2.configurationFile={LOG_CONFIG}"
     settings: dict[str, Any] = {
         "spark.master": master or "local[*]",
         "spark.app.name": "sqlinfer",
@@ -32,17 +36,25 @@ def session_conf(target: Path, master: str | None, conf: Mapping[str, Any]) -> d
         "spark.sql.warehouse.dir": str(target / "warehouse"),
         "spark.hadoop.javax.jdo.option.ConnectionURL":
             f"jdbc:derby:;databaseName={target / 'metastore_db'};create=true",
-        "spark.driver.extraJavaOptions": f"-Dderby.system.home={target} -Dlog4j2.configurationFile={LOG_CONFIG}",
+        "spark.driver.extraJavaOptions": base_java_options,
         # Python workers must run this interpreter, or they will not find its packages.
         "spark.pyspark.python": sys.executable,
         "spark.pyspark.driver.python": sys.executable,
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.sql.execution.arrow.maxRecordsPerBatch": DEFAULT_ARROW_BATCH,
+        # Python workers fork from a daemon that has already imported torch (sqlinfer/daemon.py):
+        # each worker starts seconds sooner.
+        "spark.python.daemon.module": "sqlinfer.daemon",
         # JDBC clients of `sqlinfer serve` see this session's UDFs only in single-session mode.
         "spark.sql.hive.thriftServer.singleSession": "true",
         "spark.ui.showConsoleProgress": "false",
+        WARM_UP_WORKERS: "true",
     }
+    # Java options add up: the user's go after sqlinfer's (derby.system.home, the log4j config).
+    extra_java = conf.get("spark.driver.extraJavaOptions")
     settings.update(conf)
+    if extra_java:
+        settings["spark.driver.extraJavaOptions"] = f"{base_java_options} {extra_java}"
     if master:
         settings["spark.master"] = master
     return {key: str(value).lower() if isinstance(value, bool) else str(value) for key, value in settings.items()}
@@ -52,7 +64,10 @@ def build_session(target: Path, master: str | None = None, conf: Mapping[str, An
     """A SparkSession for a project; reuses the running one if this process already has one."""
     from pyspark.sql import SparkSession
 
+    from sqlinfer.metastore import ensure_metastore_free
+
     settings = session_conf(target, master, conf or {})
+    ensure_metastore_free(settings)
     target.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     if settings["spark.master"].startswith("local"):
@@ -63,4 +78,53 @@ def build_session(target: Path, master: str | None = None, conf: Mapping[str, An
         builder = builder.config(key, value)
     spark = builder.enableHiveSupport().getOrCreate()
     spark.sparkContext.setLogLevel(os.environ.get("SQLINFER_SPARK_LOG_LEVEL", "ERROR"))
+    quiet_query_error_logs()
+    if settings[WARM_UP_WORKERS] == "true":
+        warm_up_workers(spark)
     return spark
+
+
+def _pass_through(batches: Iterator) -> Iterator:
+    """The warm-up UDF: runs in the Python workers and does nothing else."""
+    yield from batches
+
+
+def warm_up_workers(spark: SparkSession) -> threading.Thread:
+    """Start the Python worker daemon and a worker per task slot now, on a background thread.
+
+    The first model query otherwise waits for them: the JVM starts the daemon only when a task
+    first needs Python, and the daemon imports torch before it forks workers (sqlinfer/daemon.py).
+    Done here, that start overlaps the driver's own work (model registration, SQL compilation,
+    query planning). The warm-up is an Arrow UDF of the same kind as the model UDFs, so its
+    workers are the ones the model queries reuse (Spark keeps one worker pool per kind of
+    Python runner). Failures are ignored: the first real query then starts the workers itself.
+    """
+    def run() -> None:
+        try:
+            import warnings
+
+            from pyspark.sql.functions import ArrowUDFType, arrow_udf
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                udf = arrow_udf(_pass_through, "long", ArrowUDFType.SCALAR_ITER)
+            slots = max(1, spark.sparkContext.defaultParallelism)
+            spark.sparkContext.setLocalProperty("spark.job.description", "sqlinfer: start Python workers")
+            spark.range(slots, numPartitions=slots).select(udf("id")).collect()
+        except Exception:  # noqa: BLE001 - the session stopped, or no Python on the executors yet
+            pass
+
+    thread = threading.Thread(target=run, name="sqlinfer-warm-up", daemon=True)
+    thread.start()
+    return thread
+
+
+def quiet_query_error_logs() -> None:
+    """PySpark logs every SQL error as JSON with a JVM stack trace before raising it; sqlinfer
+    reports the same error once, with the file and line, so those logs are noise."""
+    import logging
+
+    from pyspark.logger import PySparkLogger
+
+    for name in ("SQLQueryContextLogger", "DataFrameQueryContextLogger"):
+        PySparkLogger.getLogger(name).setLevel(logging.CRITICAL)
