@@ -9,21 +9,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from sqlinfer.errors import SqlinferError
-from sqlinfer.spec import IDENTIFIER, validation_error
+from sqlinfer.spec import IDENTIFIER, Strict, validation_error
 from sqlinfer.yamlfile import LineDict, load_yaml
 
 PROJECT_FILE = "sqlinfer_project.yml"
 FILE_FORMATS = ("binaryFile", "parquet", "csv", "json", "orc", "text")
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Source(_Frozen):
+class Source(Strict):
     """An input: files read with a Spark data source (``path`` + ``format``), or an existing ``table``."""
 
     format: Literal["binaryFile", "parquet", "csv", "json", "orc", "text"] | None = None
@@ -45,7 +41,7 @@ class Source(_Frozen):
         return self
 
 
-class ProjectConfig(_Frozen):
+class ProjectConfig(Strict):
     name: str
     models: tuple[str, ...] = ("models.yml",)
     sql: str = "sql"

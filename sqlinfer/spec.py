@@ -30,14 +30,16 @@ RETURN_TYPES: dict[str, str] = {
 INPUT_TYPES: dict[str, str] = {"image": "binary", "tensor": "array<float>"}
 
 
-class _Frozen(BaseModel):
+class Strict(BaseModel):
+    """Frozen, and unknown keys are errors: the base of every validated YAML object."""
+
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
 Size = int | tuple[int, int]
 
 
-class Preprocess(_Frozen):
+class Preprocess(Strict):
     """How an image becomes the network's input tensor (torchvision's classic eval pipeline)."""
 
     resize: Size | None = Field(None, description="int: shorter side; [h, w]: exact size")
@@ -70,7 +72,7 @@ class Preprocess(_Frozen):
         return self
 
 
-class ModelDecl(_Frozen):
+class ModelDecl(Strict):
     """One entry of `models.yml`."""
 
     name: str
@@ -136,7 +138,7 @@ class ModelDecl(_Frozen):
         return INPUT_TYPES[self.input]
 
 
-class ModelsFile(_Frozen):
+class ModelsFile(Strict):
     models: tuple[ModelDecl, ...]
 
 
