@@ -79,6 +79,7 @@ def build_session(target: Path, master: str | None = None, conf: Mapping[str, An
     spark = builder.enableHiveSupport().getOrCreate()
     spark.sparkContext.setLogLevel(os.environ.get("SQLINFER_SPARK_LOG_LEVEL", "ERROR"))
     quiet_query_error_logs()
+    quiet_accumulator_server(spark)
     if settings[WARM_UP_WORKERS] == "true":
         warm_up_workers(spark)
     return spark
@@ -117,6 +118,14 @@ def warm_up_workers(spark: SparkSession) -> threading.Thread:
     thread = threading.Thread(target=run, name="sqlinfer-warm-up", daemon=True)
     thread.start()
     return thread
+
+
+def quiet_accumulator_server(spark: SparkSession) -> None:
+    """When the JVM ends before Python (a signal to the whole process group), PySpark's accumulator
+    server prints an EOFError traceback from its thread; the end of the connection is expected."""
+    server = getattr(spark.sparkContext, "_accumulatorServer", None)
+    if server is not None:
+        server.handle_error = lambda _request, _address: None
 
 
 def quiet_query_error_logs() -> None:
