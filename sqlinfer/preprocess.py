@@ -35,9 +35,11 @@ def _resize_size(width: int, height: int, resize: int | Sequence[int]) -> tuple[
     return int(resize * width / height), resize
 
 
-def decode_image(data: bytes | None, pp: Preprocess, out: np.ndarray) -> None:
+def decode_image(data: bytes | None, pp: Preprocess, out: np.ndarray, layout: str = "chw") -> None:
     """Decode encoded image bytes, resize and center-crop like torchvision's eval transforms, and
-    write the pixels (uint8, C x H x W) into ``out``. Normalization happens later, batched."""
+    write the pixels (uint8) into ``out``: C x H x W, or with ``layout="hwc"`` H x W x C (PIL's own
+    order, so no transposing copy: the worker's batches are channels-last). Normalization happens
+    later, batched."""
     from PIL import Image
 
     if data is None or len(data) == 0:
@@ -49,7 +51,10 @@ def decode_image(data: bytes | None, pp: Preprocess, out: np.ndarray) -> None:
             width, height = image.size
             if width * height > pp.max_pixels:
                 raise BadInput("too_large", f"{width}x{height} image is over max_pixels={pp.max_pixels}")
-            image = image.convert(pp.color_mode)
+            if image.mode == pp.color_mode:
+                image.load()  # decode here, so a broken file is a BadInput; convert() would copy
+            else:
+                image = image.convert(pp.color_mode)
     except BadInput:
         raise
     except Exception as exc:  # noqa: BLE001 - PIL raises many types for broken files
@@ -65,10 +70,11 @@ def decode_image(data: bytes | None, pp: Preprocess, out: np.ndarray) -> None:
     pixels = np.asarray(image)
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
-    if pixels.shape[:2] != out.shape[1:]:
+    want_h, want_w = out.shape[:2] if layout == "hwc" else out.shape[1:]
+    if pixels.shape[:2] != (want_h, want_w):
         raise BadInput("wrong_size", f"image is {pixels.shape[1]}x{pixels.shape[0]} after preprocessing, "
-                       f"expected {out.shape[2]}x{out.shape[1]}")
-    out[...] = pixels.transpose(2, 0, 1)
+                       f"expected {want_w}x{want_h}")
+    out[...] = pixels if layout == "hwc" else pixels.transpose(2, 0, 1)
 
 
 def center_crop(image, crop_h: int, crop_w: int):  # noqa: ANN001, ANN201 - PIL images

@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 # Rows per Arrow batch sent to a Python worker. Small batches keep worker memory flat; the
 # model's own batch size is independent of this (see docs/performance.md).
 DEFAULT_ARROW_BATCH = 16
-# Start the Python workers in the background as soon as the session exists (see warm_up_workers).
+# Start the Python workers and open the metastore in the background as soon as the session exists
+# (see warm_up_workers and warm_up_catalog).
 WARM_UP_WORKERS = "spark.sqlinfer.warmUpWorkers"
 LOG_CONFIG = Path(__file__).parent / "resources" / "log4j2.properties"
 
@@ -81,6 +82,7 @@ def build_session(target: Path, master: str | None = None, conf: Mapping[str, An
     quiet_query_error_logs()
     quiet_accumulator_server(spark)
     if settings[WARM_UP_WORKERS] == "true":
+        warm_up_catalog(spark)
         warm_up_workers(spark)
     return spark
 
@@ -116,6 +118,22 @@ def warm_up_workers(spark: SparkSession) -> threading.Thread:
             pass
 
     thread = threading.Thread(target=run, name="sqlinfer-warm-up", daemon=True)
+    thread.start()
+    return thread
+
+
+def warm_up_catalog(spark: SparkSession) -> threading.Thread:
+    """Open the Hive metastore now, on a background thread: its first use takes seconds (on a
+    new project, Derby creates its schema), and the first statement that needs it (compiling a
+    node, CREATE DATABASE, a table lookup) would wait for all of it. Started here, it overlaps
+    model registration and the workers' start; a statement that comes sooner waits for the rest."""
+    def run() -> None:
+        try:
+            spark.catalog.databaseExists("default")
+        except Exception:  # noqa: BLE001 - the real statement reports any metastore error
+            pass
+
+    thread = threading.Thread(target=run, name="sqlinfer-warm-up-catalog", daemon=True)
     thread.start()
     return thread
 

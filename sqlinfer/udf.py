@@ -45,10 +45,12 @@ class UdfStats:
     accumulator: Accumulator
 
     def totals(self) -> dict[str, float]:
+        """Each counter summed over processes; timestamps (``*_at``) have no sum and are left out."""
         out: dict[str, float] = {}
         for key, value in self.accumulator.value.items():
             name = key.split("@")[0]
-            out[name] = out.get(name, 0) + value
+            if not name.endswith("_at"):
+                out[name] = out.get(name, 0) + value
         return out
 
     def per_process(self, counter: str) -> dict[int, float]:

@@ -3,6 +3,16 @@
 The flow for one Spark task: Arrow batches of input values -> fixed-size model batches
 (``batch_size``, whatever Arrow's batch size) -> decode/preprocess on a background thread while the
 previous batch runs through the network (two batches in flight at most) -> Arrow output arrays.
+
+Where the time goes and why the code looks like this (docs/performance.md has the figures):
+- the forward pass is over 90% of a CPU worker's time: torch gets the task's cores
+  (``spark.task.cpus``), convolutional networks run channels-last, which oneDNN runs faster, and
+  batch norms are folded into the convolutions before them;
+- images are decoded straight into a reusable channels-last (N, H, W, C) uint8 batch buffer, PIL's
+  own pixel order, so the batch becomes the network's input without a transposing copy;
+- on a GPU the buffers are pinned and copied without blocking, the task's cores decode rows in
+  parallel, and the network may run in fp16/bf16 (``precision``);
+- the network is built on a background thread while the first batch decodes, and once per process.
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ Stats = Callable[[dict[str, float]], None]
 
 _MODELS: dict[tuple[str, str], LoadedModel] = {}
 _BUILD_LOCK = threading.Lock()
+_MALLOC_TUNED = False
 
 
 class InputError(RuntimeError):
@@ -35,7 +46,7 @@ class InputError(RuntimeError):
 
 @dataclass
 class PreparedBatch:
-    pixels: np.ndarray  # rows x input_shape; only rows with ok=True hold data
+    pixels: np.ndarray  # rows x input (images: N, H, W, C uint8); only rows with ok=True hold data
     ok: np.ndarray  # bool per row
     errors: list[tuple[int, BadInput]] = field(default_factory=list)
     seconds: float = 0.0
@@ -92,7 +103,19 @@ class LoadedModel:
         self.dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[decl.precision]
         if self.device.type == "cpu" and self.dtype == torch.float16:
             self.dtype = torch.float32  # fp16 kernels are slow or missing on CPU; keep exact results
+        if decl.embedding_layer is None:
+            # Hooks on a declared embedding layer need the network's modules as declared.
+            module = fold_batch_norms(module)
+        self.memory_format = torch.contiguous_format
+        if decl.input == "image" and len(plan.input_shape) == 3 and _has_conv2d(module):
+            # oneDNN (CPU) and cuDNN (GPU, fp16/bf16) run 2-d convolutions faster on NHWC data:
+            # about 1.2x for resnet18 on CPU (bench/). Results differ only by float rounding.
+            self.memory_format = torch.channels_last
         self.module = module.to(self.device, dtype=self.dtype)
+        if self.memory_format is torch.channels_last:
+            self.module = self.module.to(memory_format=torch.channels_last)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed input sizes: pick the fastest kernels once
         self._features: list[Any] = []
         if decl.output == "embedding" and decl.flavor != "torchscript":
             self._hook_embedding(decl.embedding_layer)
@@ -119,11 +142,25 @@ class LoadedModel:
         linears[-1].register_forward_hook(lambda _m, inputs, _o: self._features.append(inputs[0]))
 
     def forward(self, pixels: np.ndarray) -> np.ndarray:
-        """Rows of preprocessed input (uint8 images or float tensors) -> float32 output rows."""
+        """Rows of preprocessed input in the plan's ``input_shape`` (images: C x H x W, uint8 or
+        float pixel values 0-255; tensors: float32) -> float32 output rows."""
+        import torch
+
+        return self.forward_tensor(torch.from_numpy(pixels))
+
+    def forward_hwc(self, pixels: np.ndarray) -> np.ndarray:
+        """Images as N x H x W x C uint8 (the worker's batch buffers) -> float32 output rows."""
+        import torch
+
+        # A permuted view: N, C, H, W in shape, channels-last in memory; no copy.
+        return self.forward_tensor(torch.from_numpy(pixels).permute(0, 3, 1, 2))
+
+    def forward_tensor(self, x: Any) -> np.ndarray:
         import torch
 
         with torch.inference_mode():
-            x = torch.from_numpy(pixels).to(self.device, non_blocking=True)
+            # From pinned memory (GPU) the copy runs asynchronously; the network waits for it.
+            x = x.to(self.device, non_blocking=True)
             if self.plan.decl.input == "image":
                 # The same operations, in the same order, as ToTensor() + Normalize().
                 x = x.to(torch.float32).div_(255)
@@ -131,13 +168,64 @@ class LoadedModel:
                     x = x.sub_(self.mean)
                 if self.std is not None:
                     x = x.div_(self.std)
-            x = x.to(self.dtype)
+            x = x.to(self.dtype, memory_format=self.memory_format)
             self._features.clear()
             out = self.module(x)
             if self.plan.decl.output == "embedding" and self._features:
                 out = self._features[-1]
             self._features.clear()
             return out.reshape(out.shape[0], -1).float().cpu().numpy()
+
+
+def fold_batch_norms(module: Any) -> Any:
+    """The network with each eval-mode BatchNorm folded into the convolution before it (torch.fx):
+    one pass over the activations less per layer, the same outputs up to float rounding. Networks
+    without BatchNorm, or that torch.fx cannot trace, are returned as they are."""
+    import torch
+
+    if not isinstance(module, torch.nn.Module) or isinstance(module, torch.jit.ScriptModule):
+        return module
+    if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in module.modules()):
+        return module
+    try:
+        from torch.fx.experimental.optimization import fuse
+
+        return fuse(module, inplace=True)
+    except Exception:  # noqa: BLE001 - not traceable (data-dependent control flow, ...): keep it
+        return module
+
+
+def _has_conv2d(module: Any) -> bool:
+    import torch
+
+    try:
+        return any(isinstance(m, torch.nn.Conv2d) for m in module.modules())
+    except Exception:  # noqa: BLE001 - e.g. a TorchScript module: keep its default layout
+        return False
+
+
+def tune_malloc() -> None:
+    """Keep freed memory in the process for the next batch (glibc only; once per process).
+
+    glibc serves allocations over 32 MB (a CPU forward pass's larger activations at batch 16)
+    with a fresh mmap and returns them on free, so every batch pays page faults and page zeroing
+    for them again: about 8% of a single-threaded resnet18 forward pass. Without mmap and with a
+    high trim threshold the heap keeps those pages (peak RSS +5%, flat from then on).
+    ``SQLINFER_MALLOC_TUNING=0`` leaves malloc alone.
+    """
+    global _MALLOC_TUNED
+    if _MALLOC_TUNED or os.environ.get("SQLINFER_MALLOC_TUNING", "1") == "0":
+        return
+    _MALLOC_TUNED = True
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_max = -1, -4
+        libc.mallopt(m_mmap_max, 0)
+        libc.mallopt(m_trim_threshold, 1 << 30)
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        pass
 
 
 def get_model(plan: ModelPlan, load_weights: Callable[[], Weights], stats: Stats) -> LoadedModel:
@@ -151,7 +239,8 @@ def get_model(plan: ModelPlan, load_weights: Callable[[], Weights], stats: Stats
         if key not in _MODELS:
             started = time.perf_counter()
             _MODELS[key] = LoadedModel(plan, load_weights(), device)
-            stats({"builds": 1, "build_seconds": time.perf_counter() - started})
+            # built_at (epoch seconds) lets the bench place the build on the cold start's timeline.
+            stats({"builds": 1, "build_seconds": time.perf_counter() - started, "built_at": time.time()})
     return _MODELS[key]
 
 
@@ -181,22 +270,60 @@ def rebatch(arrays: Iterable[pa.Array], size: int) -> Iterator[list[Any]]:
         yield pending
 
 
-def prepare(plan: ModelPlan, values: list[Any]) -> PreparedBatch:
+class BatchBuffers:
+    """A ring of preallocated input batches, reused for the whole task: images are decoded
+    straight into them. On a GPU they are pinned, so host-to-device copies need no staging copy
+    and can run asynchronously. Three buffers: one in the network, one being decoded, one spare."""
+
+    def __init__(self, plan: ModelPlan, batch_size: int, pinned: bool, count: int = 3) -> None:
+        import torch
+
+        if plan.decl.input == "image":
+            channels, height, width = plan.input_shape
+            shape, dtype = (batch_size, height, width, channels), torch.uint8
+        else:
+            shape, dtype = (batch_size, *plan.input_shape), torch.float32
+        self._arrays = [torch.empty(shape, dtype=dtype, pin_memory=pinned).numpy() for _ in range(count)]
+        self._next = 0
+
+    def take(self, rows: int) -> np.ndarray:
+        array = self._arrays[self._next % len(self._arrays)]
+        self._next += 1
+        return array[:rows]
+
+
+def prepare(plan: ModelPlan, values: list[Any], out: np.ndarray | None = None,
+            rows_pool: ThreadPoolExecutor | None = None) -> PreparedBatch:
+    """Decode/reshape ``values`` into ``out`` (a fresh array when None; images: N x H x W x C),
+    row by row, or spread over ``rows_pool``'s threads (PIL releases the GIL while decoding)."""
     started = time.perf_counter()
-    dtype = np.uint8 if plan.decl.input == "image" else np.float32
-    pixels = np.empty((len(values),) + plan.input_shape, dtype=dtype)
+    image = plan.decl.input == "image"
+    if out is None:
+        if image:
+            channels, height, width = plan.input_shape
+            out = np.empty((len(values), height, width, channels), dtype=np.uint8)
+        else:
+            out = np.empty((len(values),) + plan.input_shape, dtype=np.float32)
     ok = np.ones(len(values), dtype=bool)
     errors: list[tuple[int, BadInput]] = []
-    for row, value in enumerate(values):
+
+    def one(row: int) -> None:
         try:
-            if plan.preprocess is not None:
-                decode_image(value, plan.preprocess, pixels[row])
+            if image:
+                decode_image(values[row], plan.preprocess, out[row], layout="hwc")
             else:
-                read_tensor(value, pixels[row])
+                read_tensor(values[row], out[row])
         except BadInput as exc:
             ok[row] = False
             errors.append((row, exc))
-    return PreparedBatch(pixels, ok, errors, time.perf_counter() - started)
+
+    if rows_pool is None or len(values) < 2:
+        for row in range(len(values)):
+            one(row)
+    else:
+        list(rows_pool.map(one, range(len(values))))
+        errors.sort(key=lambda item: item[0])
+    return PreparedBatch(out, ok, errors, time.perf_counter() - started)
 
 
 def score(plan: ModelPlan, load_weights: Callable[[], Weights], arrays: Iterator[pa.Array],
@@ -204,24 +331,39 @@ def score(plan: ModelPlan, load_weights: Callable[[], Weights], arrays: Iterator
     """Score one task's input: the body of the UDF."""
     import torch
 
-    torch.set_num_threads(task_threads())
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="sqlinfer") as pool:
-        # The model builds while the first batch decodes.
-        model_future = pool.submit(get_model, plan, load_weights, stats)
-        chunks = rebatch(arrays, plan.batch_size(choose_device(plan.decl.device)))
-        first = next(chunks, None)
-        if first is None:
-            model_future.result()
-            return
-        pending: Future[PreparedBatch] = pool.submit(prepare, plan, first)
-        model = model_future.result()
-        rows_done = 0
-        for chunk in chunks:
-            current = pending.result()
-            pending = pool.submit(prepare, plan, chunk)  # decode the next batch during this forward
-            yield _run(model, current, rows_done, stats)
-            rows_done += len(current.ok)
-        yield _run(model, pending.result(), rows_done, stats)
+    tune_malloc()
+    device = choose_device(plan.decl.device)
+    threads = task_threads()
+    torch.set_num_threads(threads)
+    batch_size = plan.batch_size(device)
+    on_gpu = device != "cpu"
+    buffers = BatchBuffers(plan, batch_size, pinned=on_gpu)
+    # On CPU the task's cores run the network and one thread decodes ahead; on a GPU the network
+    # needs little CPU, so the task's cores decode the rows of a batch in parallel.
+    rows_pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sqlinfer-decode") \
+        if on_gpu and threads > 1 else None
+    try:
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="sqlinfer") as pool:
+            # The model builds while the first batch decodes.
+            model_future = pool.submit(get_model, plan, load_weights, stats)
+            chunks = rebatch(arrays, batch_size)
+            first = next(chunks, None)
+            if first is None:
+                model_future.result()
+                return
+            pending: Future[PreparedBatch] = pool.submit(prepare, plan, first, buffers.take(len(first)), rows_pool)
+            model = model_future.result()
+            rows_done = 0
+            for chunk in chunks:
+                current = pending.result()
+                # Decode the next batch during this forward pass.
+                pending = pool.submit(prepare, plan, chunk, buffers.take(len(chunk)), rows_pool)
+                yield _run(model, current, rows_done, stats)
+                rows_done += len(current.ok)
+            yield _run(model, pending.result(), rows_done, stats)
+    finally:
+        if rows_pool is not None:
+            rows_pool.shutdown(wait=True)
 
 
 def _run(model: LoadedModel, batch: PreparedBatch, rows_before: int, stats: Stats) -> pa.Array:
@@ -233,7 +375,12 @@ def _run(model: LoadedModel, batch: PreparedBatch, rows_before: int, stats: Stat
                          "use on_error: null to get NULL for such rows)")
     started = time.perf_counter()
     good = batch.pixels if batch.ok.all() else batch.pixels[batch.ok]
-    outputs = model.forward(good) if len(good) else np.zeros((0, model.plan.num_outputs), np.float32)
+    if not len(good):
+        outputs = np.zeros((0, model.plan.num_outputs), np.float32)
+    elif decl.input == "image":
+        outputs = model.forward_hwc(good)
+    else:
+        outputs = model.forward(good)
     result = to_arrow(decl.output, outputs, batch.ok, model.plan.labels, decl.k)
     stats({"rows": len(batch.ok), "bad_rows": len(batch.errors), "batches": 1,
            "forward_seconds": time.perf_counter() - started, "decode_seconds": batch.seconds})

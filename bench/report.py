@@ -1,0 +1,220 @@
+"""The bench's figures: the summary table, the cold-start breakdown, the targets, JSON and a chart.
+
+Every ratio is against the reference (plain PyTorch at its best setting) measured in the same run,
+so a busy machine moves all contenders alike; absolute images/second are printed for context.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class Target:
+    name: str
+    wanted: str
+    measured: str
+    met: bool | None  # None: not measured in this run
+
+    @property
+    def verdict(self) -> str:
+        return {True: "met", False: "NOT MET", None: "not measured"}[self.met]
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def table(header: list[str], rows: list[list[Any]]) -> str:
+    cells = [header] + [[_fmt(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def contender_rows(results: dict[str, Any]) -> list[list[Any]]:
+    reference = results["reference"]["best"]["images_per_second"] if "reference" in results else None
+    rows = []
+    for line in results["lines"]:
+        ratio = line["images_per_second"] / reference if reference else None
+        foreign = line.get("foreign_cpu")
+        rows.append([line["name"], line["images_per_second"], f"{ratio:.2f}x" if ratio else "-",
+                     line.get("builds"), line.get("processes"), line.get("worker_rss_mb"),
+                     line.get("driver_rss_mb"), line.get("seconds"),
+                     f"{foreign * 100:.0f}%" if foreign is not None else "-"])
+    return rows
+
+
+def summary(results: dict[str, Any]) -> str:
+    out = []
+    meta = results["meta"]
+    out.append(f"sqlinfer bench: {meta['model']} at {meta['size']}px, {meta['n']} JPEG images "
+               f"({meta['image_sizes']}), device {meta['device']}, {meta['cores']} cores, master {meta['master']}")
+    out.append(f"load average before: {meta['load_before']}, after: {meta.get('load_after')}")
+    out.append("")
+    out.append(table(["contender", "images/s", "vs ref", "builds", "workers", "worker MB", "driver MB", "seconds",
+                      "other load"], contender_rows(results)))
+    if "reference" in results:
+        out.append("")
+        out.append(f"reference sweep on {results['reference']['sweep_n']} images (images/s, peak MB per process):")
+        out.append(table(["setting", "images/s", "process MB"],
+                         [[s["label"], s["images_per_second"], s["peak_rss_mb"]] for s in results["reference"]["sweep"]]))
+    sweeps = results.get("sqlinfer", {}).get("sweep") or []
+    if sweeps:
+        out.append("")
+        out.append(f"sqlinfer settings on {results['sqlinfer']['sweep_n']} images (warm):")
+        out.append(table(["model batch", "arrow batch", "images/s", "worker MB", "builds"],
+                         [[s["model_batch"], s["arrow_batch"], s["images_per_second"], s["worker_rss_mb"],
+                           s["counters"].get("builds", 0)] for s in sweeps]))
+    pbu = results.get("pbu", {}).get("sweep") or []
+    if pbu:
+        out.append("")
+        out.append("predict_batch_udf batch sizes (warm): " + ", ".join(
+            f"{s['batch']}: {s['images_per_second']:.1f}/s" for s in pbu))
+    cold = results.get("sqlinfer", {}).get("cold_breakdown")
+    if cold:
+        out.append("")
+        out.append("sqlinfer cold start (fresh process and session; seconds):")
+        out.append(table(["step", "seconds"], [[k, v] for k, v in cold.items()]))
+    scale = results.get("scale")
+    if scale:
+        out.append("")
+        out.append("sqlinfer at scale (warm session):")
+        out.append(table(["rows", "partitions", "images/s", "ms per row", "worker MB", "builds"],
+                         [[s["rows"], s["partitions"], s["images_per_second"], s["seconds_per_row"] * 1000,
+                           s["worker_rss_mb"], s["counters"].get("builds", 0)] for s in scale["sizes"]]))
+    check = results.get("check")
+    if check:
+        out.append("")
+        out.append(f"same predictions: sqlinfer vs plain PyTorch, max |logit difference| over "
+                   f"{check['rows']} rows: {check['max_abs_diff']:.2e}")
+    out.append("")
+    out.append("targets:")
+    out.append(table(["target", "wanted", "measured", "verdict"],
+                     [[t.name, t.wanted, t.measured, t.verdict] for t in targets(results)]))
+    return "\n".join(out)
+
+
+def _line(results: dict[str, Any], name: str) -> dict[str, Any] | None:
+    return next((line for line in results["lines"] if line["name"] == name), None)
+
+
+def targets(results: dict[str, Any]) -> list[Target]:  # noqa: C901 - one check per target, in order
+    out: list[Target] = []
+    ref = results.get("reference", {}).get("best")
+    warm = _line(results, "sqlinfer warm")
+
+    def ratio_target(name: str, other: dict | None, wanted: float, label: str) -> None:
+        if warm is None or other is None:
+            out.append(Target(name, f">= {wanted}x", "-", None))
+            return
+        ratio = warm["images_per_second"] / other["images_per_second"]
+        out.append(Target(name, f">= {wanted}x {label}", f"{ratio:.2f}x", ratio >= wanted))
+
+    ratio_target("warm throughput vs plain PyTorch", ref, 0.95, "reference")
+    ratio_target("warm vs naive recipe", _line(results, "naive recipe warm"), 1.5, "naive warm")
+    ratio_target("warm vs predict_batch_udf", _line(results, "predict_batch_udf warm"), 1.1, "pbu at best batch")
+
+    e2e = results.get("e2e")
+    if e2e:
+        ratio = e2e["sqlinfer"]["images_per_second"] / e2e["reference"]["images_per_second"]
+        out.append(Target("end to end (sqlinfer build) vs plain script", ">= 0.75x", f"{ratio:.2f}x", ratio >= 0.75))
+    else:
+        out.append(Target("end to end (sqlinfer build) vs plain script", ">= 0.75x", "-", None))
+
+    builds = results.get("builds_per_process")
+    if builds is not None:
+        worst = max((count for per_model in builds.values() for count in per_model.values()), default=0)
+        out.append(Target("model builds per worker process per model", "<= 1", f"max {worst:g}", worst <= 1))
+
+    sq = results.get("sqlinfer", {})
+    if warm is not None and ref is not None and warm.get("worker_rss_mb"):
+        ratio = warm["worker_rss_mb"] / ref["peak_rss_mb"]
+        out.append(Target("worker peak RSS vs plain PyTorch process", "<= 1.3x",
+                          f"{ratio:.2f}x ({warm['worker_rss_mb']:.0f} / {ref['peak_rss_mb']:.0f} MB)", ratio <= 1.3))
+    sweeps = sq.get("sweep") or []
+    if sweeps:
+        # At each model batch size, the spread of worker peak RSS over the Arrow batch sizes.
+        spreads = []
+        for batch in sorted({s["model_batch"] for s in sweeps}):
+            rss = {s["arrow_batch"]: s["worker_rss_mb"] for s in sweeps if s["model_batch"] == batch}
+            spreads.append((max(rss.values()) / min(rss.values()) - 1, batch, rss))
+        spread, batch, rss = max(spreads)
+        out.append(Target("worker RSS across Arrow batch sizes", "<= +10%",
+                          f"+{spread * 100:.1f}% at model batch {batch} (Arrow "
+                          f"{', '.join(f'{k}: {v:.0f}' for k, v in sorted(rss.items()))} MB)", spread <= 0.10))
+        best = max(sweeps, key=lambda s: s["images_per_second"])
+        default = next((s for s in sweeps if s["model_batch"] == sq.get("default_model_batch")
+                        and s["arrow_batch"] == sq.get("default_arrow_batch")), None)
+        if default is not None:
+            ratio = default["images_per_second"] / best["images_per_second"]
+            out.append(Target("defaults vs best setting", ">= 0.90x",
+                              f"{ratio:.2f}x (default {default['model_batch']}/{default['arrow_batch']}, best "
+                              f"{best['model_batch']}/{best['arrow_batch']})", ratio >= 0.9))
+    scale = results.get("scale")
+    if scale and len(scale["sizes"]) > 1:
+        first, last = scale["sizes"][0], scale["sizes"][-1]
+        rss = last["worker_rss_mb"] / first["worker_rss_mb"] - 1
+        per_row = last["seconds_per_row"] / first["seconds_per_row"] - 1
+        span = f"{first['factor']}x to {last['factor']}x rows"
+        out.append(Target(f"worker RSS, {span}", "<= +10%", f"{rss * 100:+.1f}%", rss <= 0.10))
+        out.append(Target(f"time per row, {span}", "<= +10%", f"{per_row * 100:+.1f}%", per_row <= 0.10))
+    else:
+        out.append(Target("RSS and time per row, 1x to 10x rows", "<= +10%", "run with --scale", None))
+    if results["meta"]["device"] == "cpu":
+        out.append(Target("GPU: sqlinfer vs plain PyTorch on the same GPU", ">= 0.8x, GPU busy",
+                          "no GPU in this run", None))
+    elif warm is not None and ref is not None:
+        ratio = warm["images_per_second"] / ref["images_per_second"]
+        util = warm.get("gpu_utilization")
+        out.append(Target("GPU: sqlinfer vs plain PyTorch on the same GPU", ">= 0.8x, GPU busy",
+                          f"{ratio:.2f}x, GPU {_fmt(util, 0)}% busy", ratio >= 0.8))
+    return out
+
+
+def write_json(results: dict[str, Any], path: Path) -> None:
+    data = dict(results)
+    data["targets"] = [{"name": t.name, "wanted": t.wanted, "measured": t.measured, "met": t.met}
+                       for t in targets(results)]
+    path.write_text(json.dumps(data, indent=2, default=str))
+
+
+def chart(results: dict[str, Any], path: Path) -> bool:
+    """Images/second per contender, the reference as a dashed line. False when matplotlib is not
+    installed (it comes with the `bench` extra: pip install -e ".[bench]")."""
+    try:
+        import matplotlib
+    except ImportError:
+        return False
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lines = results["lines"]
+    names = [line["name"] for line in lines]
+    values = [line["images_per_second"] for line in lines]
+    colors = ["#4c72b0" if n.startswith("sqlinfer") else "#999999" if n.startswith("reference") else "#dd8452"
+              for n in names]
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(names) + 1.5))
+    ax.barh(names[::-1], values[::-1], color=colors[::-1])
+    reference = results.get("reference", {}).get("best", {}).get("images_per_second")
+    if reference:
+        ax.axvline(reference, color="black", linestyle="--", linewidth=1)
+        for i, value in enumerate(values[::-1]):
+            ax.text(value, i, f" {value:.1f}/s ({value / reference:.2f}x)", va="center", fontsize=8)
+    meta = results["meta"]
+    ax.set_xlabel("images / second (higher is better)")
+    ax.set_title(f"{meta['model']} {meta['size']}px, {meta['n']} images, {meta['device']}, {meta['cores']} cores")
+    ax.set_xlim(0, max(values) * 1.35)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
