@@ -10,12 +10,14 @@ from __future__ import annotations
 import shutil
 import subprocess
 import threading
+import time
 
 
 class GpuSampler:
     def __init__(self, device: str) -> None:
         self.enabled = device != "cpu" and shutil.which("nvidia-smi") is not None
         self.samples: list[float] = []
+        self.times: list[float] = []  # epoch seconds of each sample
         self._proc: subprocess.Popen | None = None
         self._thread: threading.Thread | None = None
 
@@ -33,6 +35,7 @@ class GpuSampler:
         for line in self._proc.stdout:
             first = line.strip().split(",")[0].strip()
             if first.replace(".", "", 1).isdigit():
+                self.times.append(time.time())
                 self.samples.append(float(first))
 
     def __exit__(self, *exc: object) -> None:
@@ -42,8 +45,9 @@ class GpuSampler:
         if self._thread is not None:
             self._thread.join(timeout=2)
 
-    def mean(self) -> float | None:
-        """Mean utilization in percent over the samples (first GPU), or None when not measured."""
-        if not self.samples:
-            return None
-        return sum(self.samples) / len(self.samples)
+    def mean(self, windows: list[tuple[float, float]] | None = None) -> float | None:
+        """Mean utilization in percent (first GPU) over all samples, or over those taken within
+        ``windows`` (epoch-second intervals); None when not measured."""
+        picked = [u for t, u in zip(self.times, self.samples)
+                  if windows is None or any(start <= t <= end for start, end in windows)]
+        return sum(picked) / len(picked) if picked else None

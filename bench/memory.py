@@ -31,7 +31,10 @@ class PhasePeaks:
     roles: dict[int, str] = field(default_factory=dict)
     started: dict[int, float] = field(default_factory=dict)  # pid -> process create time (epoch s)
     python_total: int = 0  # max over time of the sum of daemon + worker + child RSS
+    windows: list[list[float]] = field(default_factory=list)  # [start, end] epoch seconds in this phase
+    gpu_utilization: float | None = None  # filled in by the caller when a GPU is sampled
     tree_cpu: float = 0.0  # CPU seconds of the sampled processes during the phase
+    role_cpu: dict[str, float] = field(default_factory=dict)  # the same, per role
     machine_cpu: float = 0.0  # busy CPU seconds of the whole machine during the phase
     wall: float = 0.0
 
@@ -59,6 +62,8 @@ class PhasePeaks:
             "workers": len(self.pids("worker")),
             "worker_children": len(self.pids("child")),
             "foreign_cpu": self.foreign_cpu,
+            "tree_cpu": self.tree_cpu,
+            "gpu_utilization": self.gpu_utilization,
         }
 
 
@@ -109,13 +114,17 @@ class RssSampler:
     def phase(self, name: str) -> None:
         """Figures from now on count towards ``name`` (a phase may be entered more than once)."""
         self._sample()  # close the previous phase with a fresh sample
+        now = time.time()
         with self._lock:
+            previous = self.phases.get(self._current)
+            if previous is not None and previous.windows:
+                previous.windows[-1][1] = now
             self._current = name
-            self.phases.setdefault(name, PhasePeaks())
+            self.phases.setdefault(name, PhasePeaks()).windows.append([now, now])
 
     def __enter__(self) -> RssSampler:
         with self._lock:
-            self.phases.setdefault(self._current, PhasePeaks())
+            self.phases.setdefault(self._current, PhasePeaks()).windows.append([time.time(), time.time()])
         self._thread.start()
         return self
 
@@ -123,6 +132,10 @@ class RssSampler:
         self._stop.set()
         self._thread.join()
         self._sample()
+        with self._lock:
+            current = self.phases[self._current]
+            if current.windows:
+                current.windows[-1][1] = time.time()
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -162,7 +175,9 @@ class RssSampler:
             if role != "other":
                 self._known[pid], self._names[pid] = role, name
             cpu = times.user + times.system
-            peaks.tree_cpu += cpu - self._cpu.get(pid, 0.0)  # a new process: all of its CPU so far
+            spent = cpu - self._cpu.get(pid, 0.0)  # a new process: all of its CPU so far
+            peaks.tree_cpu += spent
+            peaks.role_cpu[role] = peaks.role_cpu.get(role, 0.0) + spent
             self._cpu[pid] = cpu
             peaks.roles[pid] = role
             peaks.started.setdefault(pid, created)

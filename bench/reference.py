@@ -81,7 +81,7 @@ def measure(setting: Setting, paths: list[Path], common: dict[str, Any], log: IO
             "images_per_second": rows / seconds, "peak_rss_mb": max(per_process) / MB,
             "loader_rss_mb": children / MB, "builds": setting.processes,
             "gpu_utilization": max((d.get("gpu_utilization") or 0) for d in done) or None,
-            "foreign_cpu": peaks.foreign_cpu}
+            "foreign_cpu": peaks.foreign_cpu, "cpu_ms_per_image": peaks.tree_cpu / rows * 1000}
 
 
 # --- subprocess side -------------------------------------------------------------------------
@@ -189,6 +189,8 @@ def end_to_end(setting: Setting, images: Path, common: dict[str, Any], log: IO[s
     peaks = sampler.phases["start"]
     return {"label": f"python script, {setting.label}", "rows": rows, "seconds": seconds,
             "images_per_second": rows / seconds, "foreign_cpu": peaks.foreign_cpu,
+            "cpu_ms_per_image": peaks.tree_cpu / rows * 1000,
+            "cpu_seconds_by_role": {role: round(cpu, 2) for role, cpu in peaks.role_cpu.items()},
             "peak_rss_mb": max(peaks.peak("reference"), peaks.peak("reference_child")) / MB}
 
 

@@ -46,10 +46,14 @@ def contender_rows(results: dict[str, Any]) -> list[list[Any]]:
     for line in results["lines"]:
         ratio = line["images_per_second"] / reference if reference else None
         foreign = line.get("foreign_cpu")
-        rows.append([line["name"], line["images_per_second"], f"{ratio:.2f}x" if ratio else "-",
-                     line.get("builds"), line.get("processes"), line.get("worker_rss_mb"),
-                     line.get("driver_rss_mb"), line.get("seconds"),
-                     f"{foreign * 100:.0f}%" if foreign is not None else "-"])
+        row = [line["name"], line["images_per_second"], f"{ratio:.2f}x" if ratio else "-",
+               line.get("builds"), line.get("processes"), line.get("worker_rss_mb"),
+               line.get("driver_rss_mb"), line.get("seconds"), line.get("cpu_ms_per_image"),
+               f"{foreign * 100:.0f}%" if foreign is not None else "-"]
+        if results["meta"]["device"] != "cpu":
+            util = line.get("gpu_utilization")
+            row.append(f"{util:.0f}%" if util is not None else "-")
+        rows.append(row)
     return rows
 
 
@@ -60,8 +64,9 @@ def summary(results: dict[str, Any]) -> str:
                f"({meta['image_sizes']}), device {meta['device']}, {meta['cores']} cores, master {meta['master']}")
     out.append(f"load average before: {meta['load_before']}, after: {meta.get('load_after')}")
     out.append("")
-    out.append(table(["contender", "images/s", "vs ref", "builds", "workers", "worker MB", "driver MB", "seconds",
-                      "other load"], contender_rows(results)))
+    header = ["contender", "images/s", "vs ref", "builds", "workers", "worker MB", "driver MB", "seconds",
+              "CPU ms/img", "other load"] + (["GPU busy"] if meta["device"] != "cpu" else [])
+    out.append(table(header, contender_rows(results)))
     if "reference" in results:
         out.append("")
         out.append(f"reference sweep on {results['reference']['sweep_n']} images (images/s, peak MB per process):")
@@ -91,6 +96,13 @@ def summary(results: dict[str, Any]) -> str:
         out.append(table(["rows", "partitions", "images/s", "ms per row", "worker MB", "builds"],
                          [[s["rows"], s["partitions"], s["images_per_second"], s["seconds_per_row"] * 1000,
                            s["worker_rss_mb"], s["counters"].get("builds", 0)] for s in scale["sizes"]]))
+    e2e = results.get("e2e")
+    if e2e:
+        out.append("")
+        out.append("end to end, CPU seconds by process (all cores):")
+        for side in ("reference", "sqlinfer"):
+            roles = e2e[side].get("cpu_seconds_by_role") or {}
+            out.append(f"  {e2e[side]['label']}: " + ", ".join(f"{role} {cpu:.1f}" for role, cpu in sorted(roles.items())))
     check = results.get("check")
     if check:
         out.append("")

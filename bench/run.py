@@ -29,6 +29,7 @@ from typing import IO, Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import images, protocol, reference, report  # noqa: E402
+from bench.gpu import GpuSampler  # noqa: E402
 from bench.memory import MB, PhasePeaks, RssSampler  # noqa: E402
 
 SECTIONS = ("reference", "sqlinfer", "naive", "pbu", "e2e")
@@ -149,17 +150,20 @@ def prepare(opts: argparse.Namespace, ws: Workspace) -> list[Path]:
 # --- running the contenders --------------------------------------------------------------------
 
 
-def spark_job(approach: str, args: list[str], log: IO[str]) -> tuple[dict[str, Any], dict[str, PhasePeaks], float]:
-    """Run ``bench.spark_job APPROACH`` to its end, sampling its memory phase by phase."""
+def spark_job(approach: str, args: list[str], log: IO[str],
+              device: str = "cpu") -> tuple[dict[str, Any], dict[str, PhasePeaks], float]:
+    """Run ``bench.spark_job APPROACH`` to its end, sampling its memory (and GPU) phase by phase."""
     launched = time.time()
     proc = protocol.start("spark_job", [approach, *args], log)
-    with RssSampler({proc.pid: "driver"}) as sampler:
+    with GpuSampler(device) as gpu, RssSampler({proc.pid: "driver"}) as sampler:
         def on_event(event: dict) -> None:
             if event["event"] == "phase":
                 sampler.phase(event["name"])
 
         seen = protocol.events(proc, log, on_event)
         proc.wait()
+    for peaks in sampler.phases.values():
+        peaks.gpu_utilization = gpu.mean([(start, end) for start, end in peaks.windows])
     result = protocol.last_event(seen, "result", proc, log)["result"]
     return result, sampler.phases, launched
 
@@ -167,7 +171,7 @@ def spark_job(approach: str, args: list[str], log: IO[str]) -> tuple[dict[str, A
 def line(name: str, query: dict[str, Any], peaks: PhasePeaks, builds: float | None) -> dict[str, Any]:
     return {"name": name, "images_per_second": query["images_per_second"], "seconds": query["seconds"],
             "rows": query["rows"], "builds": builds, "processes": len(peaks.pids("worker")),
-            **{k: v for k, v in peaks.summary().items()},
+            **peaks.summary(), "cpu_ms_per_image": peaks.tree_cpu / query["rows"] * 1000,
             "worker_rss_mb": peaks.peak("worker") / MB, "driver_rss_mb": peaks.peak("driver") / MB}
 
 
@@ -214,7 +218,7 @@ def run_sqlinfer(opts: argparse.Namespace, ws: Workspace, results: dict[str, Any
     if opts.master:
         args += ["--master", opts.master]
     with ws.log("sqlinfer") as log:
-        out, phases, launched = spark_job("sqlinfer", args, log)
+        out, phases, launched = spark_job("sqlinfer", args, log, opts.device)
     snapshot = out["cold"]["stats"]
     results["lines"].append(line("sqlinfer cold", out["cold"], phases["cold"], snapshot["totals"].get("builds")))
     results["lines"].append(line("sqlinfer warm", out["warm"], phases[out["warm"]["phase"]],
@@ -281,7 +285,7 @@ def run_recipes(approaches: list[str], opts: argparse.Namespace, ws: Workspace, 
         if opts.master:
             args += ["--master", opts.master]
         with ws.log(name.replace(",", "_")) as log:
-            out, phases, _ = spark_job(name, args, log)
+            out, phases, _ = spark_job(name, args, log, opts.device)
         for approach in group:
             add_recipe(approach, out if len(group) == 1 else out[approach], phases,
                        "" if len(group) == 1 else f"{approach}:", results)
@@ -305,14 +309,20 @@ def e2e_command(project: Path, function: str) -> list[str]:
         use_build = subprocess.run([sqlinfer, "build", "--help"], capture_output=True).returncode == 0
     if use_build:
         return [sqlinfer, "build", str(project)]
-    return [sqlinfer, "sql", str(project),
-            f"CREATE TABLE predictions USING parquet AS SELECT path, {function}(content) AS pred FROM images"]
+    return [sqlinfer, "sql", str(project), f"CREATE TABLE predictions_{int(time.time())} USING parquet AS "
+            f"SELECT path, {function}(content) AS pred FROM images"]
 
 
 def sqlinfer_e2e(opts: argparse.Namespace, ws: Workspace, log: IO[str]) -> dict[str, Any]:
-    """`sqlinfer build` of the bench project as a fresh process, on a fresh target (metastore
-    and warehouse created as on a project's first build), timed from launch to exit."""
-    shutil.rmtree(ws.project / "target", ignore_errors=True)
+    """`sqlinfer build` of the bench project as a fresh process, timed from launch to exit.
+
+    The project is an existing one, as on every build but the first: its metastore exists (made
+    here, untimed, when no earlier section made it). A project's very first build also creates
+    the Derby metastore, a few seconds more, once."""
+    sqlinfer = str(Path(sys.executable).with_name("sqlinfer"))
+    if not (ws.project / "target" / "metastore_db").exists():
+        subprocess.run([sqlinfer, "sql", str(ws.project), "SHOW TABLES"], stdout=log, stderr=log, check=True,
+                       env=protocol.child_env())
     command = e2e_command(ws.project, ws.function)
     if opts.master:
         command += ["--master", opts.master]
@@ -326,8 +336,10 @@ def sqlinfer_e2e(opts: argparse.Namespace, ws: Workspace, log: IO[str]) -> dict[
     peaks = sampler.phases["start"]
     return {"label": " ".join(["sqlinfer", *command[1:2], "PROJECT"]), "rows": opts.n, "seconds": seconds,
             "images_per_second": opts.n / seconds, "worker_rss_mb": peaks.peak("worker") / MB,
+            "cpu_ms_per_image": peaks.tree_cpu / opts.n * 1000,
             "driver_rss_mb": peaks.peak("driver") / MB, "processes": len(peaks.pids("worker")),
-            "foreign_cpu": peaks.foreign_cpu, "command": command}
+            "foreign_cpu": peaks.foreign_cpu, "command": command,
+            "cpu_seconds_by_role": {role: round(cpu, 2) for role, cpu in peaks.role_cpu.items()}}
 
 
 def run_e2e(opts: argparse.Namespace, ws: Workspace, results: dict[str, Any]) -> None:
