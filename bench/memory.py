@@ -69,8 +69,9 @@ class PhasePeaks:
 
 def _role(proc: psutil.Process, roots: dict[int, str], known: dict[int, str]) -> str:
     """The role of ``proc``, decided from its own name and its parent's role:
-    root roles as given; ``jvm``; ``daemon`` (the PySpark daemon the JVM starts); ``worker`` (the
-    daemon's forks, which run the UDFs); ``child`` (what a worker forks, e.g. DataLoader workers);
+    root roles as given; ``jvm``; ``daemon`` (the PySpark daemon the JVM starts, and sqlinfer's
+    early daemon the driver starts, which takes its place); ``worker`` (the daemon's forks, which
+    run the UDFs); ``child`` (what a worker forks, e.g. DataLoader workers);
     ``<role>_child`` below any other root; ``other`` while the parent is not known yet."""
     if proc.pid in roots:
         return roots[proc.pid]
@@ -79,6 +80,8 @@ def _role(proc: psutil.Process, roots: dict[int, str], known: dict[int, str]) ->
         return "jvm"
     if parent_role is None:
         return "other"
+    if parent_role == "driver" and proc.name().startswith("python"):
+        return "daemon"  # the only Python process a sqlinfer driver starts: its early daemon
     if parent_role == "jvm":
         return "daemon" if "daemon" in " ".join(proc.cmdline()) else "jvm_child"
     if parent_role == "daemon":

@@ -109,8 +109,7 @@ def sql(project: Path, query: str, limit: int, output: Path | None, variables: s
     from sqlinfer.project import Project
 
     loaded = Project.load(project, parse_vars(variables))
-    loaded.resolved  # noqa: B018 - declaration errors surface before Spark starts
-    spark = loaded.session(master, _conf_pairs(conf))
+    spark = loaded.start(master, _conf_pairs(conf))
     loaded.register(spark)
     for warning in loaded.warnings:
         click.echo(f"warning: {warning}", err=True)
@@ -152,8 +151,7 @@ def build(project: Path, select: tuple[str, ...], exclude: tuple[str, ...], full
 
     loaded = Project.load(project, parse_vars(variables))
     loaded.node_loader().load()  # template and model errors surface before Spark starts
-    loaded.resolved  # noqa: B018
-    spark = loaded.session(master, _conf_pairs(conf))
+    spark = loaded.start(master, _conf_pairs(conf))
     result = loaded.build(spark, select, exclude, full_refresh, report=click.echo)
     click.echo(f"Results: {loaded.target / 'run_results.json'}")
     sys.exit(0 if result.success else 1)
@@ -170,8 +168,7 @@ def compile_command(project: Path, variables: str | None, master: str | None, co
 
     loaded = Project.load(project, parse_vars(variables))
     loaded.node_loader().load()
-    loaded.resolved  # noqa: B018
-    spark = loaded.session(master, _conf_pairs(conf))
+    spark = loaded.start(master, _conf_pairs(conf))
     manifest = loaded.compile(spark)
     click.echo(f"Compiled {len(manifest.nodes)} nodes to {loaded.target / 'compiled'}; all pass Spark's analyzer.")
 

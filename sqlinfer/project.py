@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -64,16 +65,42 @@ class Project:
 
     @cached_property
     def resolved(self) -> tuple[ResolvedModel, ...]:
-        """Weights read, defaults applied, networks checked: all declaration errors surface here."""
+        """Weights read, defaults applied, networks checked: all declaration errors surface here.
+        Models unchanged since an earlier check come from ``target/resolved_models.json``."""
         from sqlinfer.registry import resolve_all
 
-        return resolve_all(self.models, self.root)
+        return resolve_all(self.models, self.root, self.target / "resolved_models.json")
 
     def session(self, master: str | None = None, conf: dict[str, Any] | None = None) -> SparkSession:
         """The project's SparkSession (the project file's `spark:` section, then ``conf``)."""
         from sqlinfer.session import build_session
 
         return build_session(self.target, master, {**self.config.spark, **(conf or {})})
+
+    def start(self, master: str | None = None, conf: dict[str, Any] | None = None) -> SparkSession:
+        """Resolve the models and start the project's session at once: what the commands do first.
+
+        Both take seconds, on different cores: the JVM starts (its own process) on a background
+        thread while this thread imports torch, reads the weights and checks each network. A
+        declaration error is raised as soon as it is found, without waiting for the JVM; the
+        half-started JVM ends with this process.
+        """
+        started: dict[str, Any] = {}
+
+        def start_session() -> None:
+            try:
+                started["spark"] = self.session(master, conf)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread
+                started["error"] = exc
+
+        # A daemon thread: the process may exit on a declaration error while the JVM still starts.
+        thread = threading.Thread(target=start_session, name="sqlinfer-start-session", daemon=True)
+        thread.start()
+        self.resolved  # noqa: B018
+        thread.join()
+        if "error" in started:
+            raise started["error"]
+        return started["spark"]
 
     def register(self, spark: SparkSession, *, views: bool = True) -> dict[str, UdfStats]:
         """Register every model's UDF, every source (a temporary view) and, with ``views``, the

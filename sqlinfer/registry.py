@@ -1,13 +1,22 @@
 """From declarations to ready-to-ship models: weights read once, defaults applied, the network
 checked against its weights and input, and a fingerprint computed. Driver side; no Spark here.
+
+Checking a network means importing torch and building it: seconds of CPU at every command. A
+model whose weights file is shipped as it is (a ``.safetensors`` state_dict, a TorchScript file)
+and whose declaration, weights, labels file, project module and library versions are those of an
+earlier successful check is taken from the project's cache (``target/resolved_models.json``)
+instead: then the driver does not import torch at all.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from sqlinfer import flavors
 from sqlinfer.errors import SqlinferError
@@ -100,7 +109,7 @@ def fingerprint(item: Located, pp: Preprocess | None, labels: tuple[str, ...] | 
 
 
 def resolve(item: Located, root: Path) -> ResolvedModel:
-    """Everything the driver needs to register one model's UDF."""
+    """Everything the driver needs to register one model's UDF, checked from scratch."""
     decl = item.decl
     flavor = flavors.get(decl.flavor)
     if decl.flavor == "torchvision":
@@ -125,8 +134,109 @@ def resolve(item: Located, root: Path) -> ResolvedModel:
     return ResolvedModel(plan, weights, python_files)
 
 
-def resolve_all(items: tuple[Located, ...], root: Path) -> tuple[ResolvedModel, ...]:
-    return tuple(resolve(item, root) for item in items)
+# Bump when what resolve() derives from a declaration changes, so older cache entries miss.
+CACHE_VERSION = 1
+
+
+def resolve_all(items: tuple[Located, ...], root: Path, cache_file: Path | None = None) -> tuple[ResolvedModel, ...]:
+    """Every model resolved; with ``cache_file``, unchanged models come from the cache (see above)
+    and the file is rewritten with the entries of these models only."""
+    cache = _read_cache(cache_file)
+    kept: dict[str, Any] = {}
+    resolved = []
+    for item in items:
+        shipped = _shipped_file(item, root)
+        key = _cache_key(item, root, shipped[1]) if shipped else None
+        if key is not None and key in cache:
+            model = _from_cache(item, root, cache[key], Weights(shipped[0], shipped[1]))  # type: ignore[index]
+        else:
+            model = resolve(item, root)
+        if key is not None:
+            kept[key] = _cache_entry(model)
+        resolved.append(model)
+    if cache_file is not None and kept != cache:
+        _write_cache(cache_file, kept)
+    return tuple(resolved)
+
+
+def _shipped_file(item: Located, root: Path) -> tuple[str, bytes] | None:
+    """(format, bytes) of a weights file the driver broadcasts unchanged; None when the weights
+    are generated or converted (``random``, a torchvision weights name, a ``.pt`` state_dict)."""
+    decl = item.decl
+    if decl.flavor == "torchscript":
+        weights_format = "torchscript"
+    elif decl.weights is not None and decl.weights.endswith(".safetensors"):
+        weights_format = "safetensors"
+    else:
+        return None
+    return weights_format, flavors.weights_path(item, root).read_bytes()
+
+
+def _cache_key(item: Located, root: Path, data: bytes) -> str | None:
+    """A digest of everything resolve() reads; None when something it reads cannot be tracked (a
+    python-flavor module installed outside the project)."""
+    decl = item.decl
+    parts: dict[str, Any] = {
+        "version": CACHE_VERSION,
+        "decl": decl.model_dump(mode="json", by_alias=True),
+        "weights": hashlib.sha256(data).hexdigest(),
+        "libraries": {name: _version(name) for name in ("sqlinfer", "torch", "torchvision")},
+    }
+    if isinstance(decl.labels, str):
+        labels = (root / decl.labels).resolve()
+        parts["labels"] = labels.read_text(encoding="utf-8") if labels.is_file() else None
+    if decl.flavor == "python":
+        module_file = flavors.get("python").project_module_file(decl, root)
+        if module_file is None:
+            return None
+        parts["module"] = module_file.read_text(encoding="utf-8")
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _cache_entry(model: ResolvedModel) -> dict[str, Any]:
+    plan = model.plan
+    return {"preprocess": plan.preprocess.model_dump(mode="json") if plan.preprocess else None,
+            "input_shape": list(plan.input_shape), "labels": list(plan.labels) if plan.labels else None,
+            "num_outputs": plan.num_outputs, "fingerprint": plan.fingerprint}
+
+
+def _from_cache(item: Located, root: Path, entry: dict[str, Any], weights: Weights) -> ResolvedModel:
+    decl = item.decl
+    pp = Preprocess.model_validate(entry["preprocess"]) if entry["preprocess"] is not None else None
+    labels = tuple(entry["labels"]) if entry["labels"] is not None else None
+    plan = ModelPlan(decl, pp, tuple(entry["input_shape"]), labels, entry["num_outputs"], entry["fingerprint"])
+    python_files = ()
+    if decl.flavor == "python":
+        module_file = flavors.get("python").project_module_file(decl, root)
+        python_files = (module_file,) if module_file else ()
+    return ResolvedModel(plan, weights, python_files)
+
+
+def _read_cache(cache_file: Path | None) -> dict[str, Any]:
+    if cache_file is None:
+        return {}
+    try:
+        cache = json.loads(cache_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # none yet, or unreadable: check everything again
+        return {}
+    return cache if isinstance(cache, dict) else {}
+
+
+def _write_cache(cache_file: Path, entries: dict[str, Any]) -> None:
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        temporary = cache_file.with_name(f"{cache_file.name}.{os.getpid()}.tmp")
+        temporary.write_text(json.dumps(entries, indent=1), encoding="utf-8")
+        os.replace(temporary, cache_file)
+    except OSError:  # a read-only project: the next command checks the networks again
+        pass
 
 
 __all__ = ["ResolvedModel", "resolve", "resolve_all", "SqlinferError"]

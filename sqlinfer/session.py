@@ -7,12 +7,16 @@ live under the project's ``target/`` folder, so tables built by one command are 
 
 from __future__ import annotations
 
+import atexit
 import os
+import re
 import sys
 import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from sqlinfer import jvm_cache
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -30,6 +34,8 @@ def session_conf(target: Path, master: str | None, conf: Mapping[str, Any]) -> d
     """Spark settings for a project whose generated files live in ``target``; ``conf`` wins."""
     target = target.resolve()
     base_java_options = f"-Dderby.system.home={target} -Dlog4j2.configurationFile={LOG_CONFIG}"
+    if str(master or conf.get("spark.master") or "local").startswith("local"):
+        base_java_options += " " + local_jvm_options(str(conf.get("spark.driver.extraJavaOptions", "")))
     settings: dict[str, Any] = {
         "spark.master": master or "local[*]",
         "spark.app.name": "sqlinfer",
@@ -61,14 +67,35 @@ def session_conf(target: Path, master: str | None, conf: Mapping[str, Any]) -> d
     return {key: str(value).lower() if isinstance(value, bool) else str(value) for key, value in settings.items()}
 
 
+def local_jvm_options(user_options: str) -> str:
+    """JIT and GC settings for the embedded local JVM, which runs the tasks too.
+
+    In a model job the JVM's own work per row is small next to the Python workers', but in a
+    fresh JVM the C2 compiler and G1 spent more CPU than that work itself: about 37 s of JVM CPU
+    for a 1,000-image build, 16 s with C1 only and the parallel collector, which made the whole
+    build 20% faster on 2 cores (docs/performance.md). The user's options come later and win
+    (e.g. -XX:TieredStopAtLevel=4); a collector the user picks replaces ours.
+    """
+    options = ["-XX:TieredStopAtLevel=1"]
+    if not re.search(r"-XX:\+Use\w*GC\b", user_options):
+        options.append("-XX:+UseParallelGC")
+    return " ".join(options)
+
+
 def build_session(target: Path, master: str | None = None, conf: Mapping[str, Any] | None = None) -> SparkSession:
     """A SparkSession for a project; reuses the running one if this process already has one."""
+    from pyspark import SparkContext
     from pyspark.sql import SparkSession
 
     from sqlinfer.metastore import ensure_metastore_free
 
     settings = session_conf(target, master, conf or {})
     ensure_metastore_free(settings)
+    new_jvm = SparkContext._gateway is None  # type: ignore[attr-defined]  # else getOrCreate reuses it
+    archive = _class_archive(settings) if new_jvm else jvm_cache.Plan(None, write=False)
+    if (new_jvm and settings["spark.master"].startswith("local") and settings[WARM_UP_WORKERS] == "true"
+            and settings["spark.python.daemon.module"] == "sqlinfer.daemon"):
+        _start_early_daemon()
     target.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     if settings["spark.master"].startswith("local"):
@@ -77,7 +104,12 @@ def build_session(target: Path, master: str | None = None, conf: Mapping[str, An
     builder = SparkSession.builder
     for key, value in settings.items():
         builder = builder.config(key, value)
-    spark = builder.enableHiveSupport().getOrCreate()
+    try:
+        spark = builder.enableHiveSupport().getOrCreate()
+    except BaseException:
+        archive.abandon()
+        raise
+    end_jvm_at_exit(spark, archive)
     spark.sparkContext.setLogLevel(os.environ.get("SQLINFER_SPARK_LOG_LEVEL", "ERROR"))
     quiet_query_error_logs()
     quiet_accumulator_server(spark)
@@ -85,6 +117,66 @@ def build_session(target: Path, master: str | None = None, conf: Mapping[str, An
         warm_up_catalog(spark)
         warm_up_workers(spark)
     return spark
+
+
+def _start_early_daemon() -> None:
+    """Torch imported for the worker daemon while the JVM starts (sqlinfer/daemon.py), ended at
+    exit after the JVM (atexit runs last what was registered first)."""
+    from sqlinfer import daemon
+
+    early = daemon.start_early()
+    if early is not None:
+        atexit.register(daemon.end_early, early)
+
+
+def _class_archive(settings: dict[str, str]) -> jvm_cache.Plan:
+    """Class-data sharing for the JVM this call is about to start (sqlinfer/jvm_cache.py): its
+    options go first in the driver's Java options, so the user's come later and win."""
+    java_options = settings["spark.driver.extraJavaOptions"]
+    archive = jvm_cache.plan(java_options, settings.get("spark.driver.extraClassPath", ""))
+    if archive.options:
+        settings["spark.driver.extraJavaOptions"] = f"{archive.options} {java_options}"
+    return archive
+
+
+_ENDING: set[int] = set()  # JVM pids whose end this process waits for at exit
+
+
+def end_jvm_at_exit(spark: SparkSession, archive: jvm_cache.Plan) -> None:
+    """When this process exits, end the session's JVM and wait for it.
+
+    PySpark leaves the JVM to notice that Python is gone (its stdin closes) and shut down on its
+    own, seconds after the command has returned: meanwhile it still holds the embedded metastore,
+    and the next command on the project would find it locked. Waiting also lets a JVM that writes
+    the class archive finish it (sqlinfer/jvm_cache.py).
+    """
+    proc = getattr(spark.sparkContext._gateway, "proc", None)  # type: ignore[attr-defined]
+    if proc is None or proc.stdin is None or proc.pid in _ENDING:
+        archive.abandon()  # a JVM this call did not start
+        return
+    _ENDING.add(proc.pid)
+
+    def end() -> None:
+        import logging
+
+        # A warm-up thread may still wait on the JVM; py4j would log its broken call as an error.
+        logging.getLogger("py4j").setLevel(logging.CRITICAL)
+        code = None
+        try:
+            # Stop Spark from here first: a JVM that stops with a task still running (a warm-up
+            # after a quick command) logs errors about it.
+            spark.sparkContext.cancelAllJobs()
+            spark.stop()
+        except Exception:  # noqa: BLE001 - stopped already, or the JVM is gone
+            pass
+        try:
+            proc.stdin.close()  # the JVM's signal to exit (PythonGatewayServer)
+            code = proc.wait(timeout=120)
+        except Exception:  # noqa: BLE001 - exiting anyway; the JVM ends when its stdin closes
+            pass
+        archive.finish(code)
+
+    atexit.register(end)
 
 
 def _pass_through(batches: Iterator) -> Iterator:

@@ -75,3 +75,30 @@ def test_sql_unknown_function_is_a_clear_error(digits_copy: Path) -> None:
     assert "nosuch_predict" in result.stderr
     assert "[sql.analysis]" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def own_processes(marker: str) -> list[str]:
+    """Command lines of running processes that mention ``marker`` (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if marker in command:
+                found.append(command)
+    return found
+
+
+@pytest.mark.spark
+def test_commands_run_back_to_back_and_leave_nothing_running(digits_copy: Path) -> None:
+    """A command ends its JVM (and the worker daemon) before it returns: the next command on the
+    project finds the embedded metastore free at once, and no process of it is left."""
+    daemons_before = set(Path("/tmp").glob("sqlinfer-daemon-*"))
+    for _ in range(2):
+        result = run("sql", str(digits_copy), "SHOW TABLES", "--conf", "spark.ui.enabled=false")
+        assert result.returncode == 0, result.stderr
+        assert "digits_images" in result.stdout
+        assert own_processes(str(digits_copy)) == []  # no JVM (its command line names target/)
+    assert set(Path("/tmp").glob("sqlinfer-daemon-*")) == daemons_before  # early daemon's folder removed

@@ -127,3 +127,43 @@ def test_tensor_input_needs_shape(tmp_path: Path, weights_file: Path) -> None:
     assert info.value.code == "config.invalid_value"
     assert "shape" in info.value.message
     assert info.value.line == 2
+
+
+RESOLVE = """
+import sys
+from sqlinfer import Project
+(model,) = Project.load(sys.argv[1]).resolved
+print(model.plan.fingerprint, model.plan.num_outputs, len(model.plan.labels), model.plan.preprocess.resize,
+      "torch" in sys.modules)
+"""
+
+
+def test_unchanged_models_come_from_the_cache_without_torch(tmp_path: Path, weights_file: Path) -> None:
+    import subprocess
+    import sys
+
+    root = project_with(tmp_path, weights_file, GOOD)
+
+    def resolve() -> list[str]:
+        done = subprocess.run([sys.executable, "-c", RESOLVE, str(root)], capture_output=True, text=True, check=True)
+        return done.stdout.split()
+
+    first, second = resolve(), resolve()
+    assert first[-1] == "True" and second[-1] == "False"  # the second command never imports torch
+    assert first[:-1] == second[:-1] and first[1:4] == ["1000", "1000", "40"]
+    assert (root / "target" / "resolved_models.json").is_file()
+
+
+def test_changed_weights_are_checked_again(tmp_path: Path, weights_file: Path) -> None:
+    root = project_with(tmp_path, weights_file, GOOD)
+    assert Project.load(root).resolved[0].plan.num_outputs == 1000  # checked, and cached
+    save_random_resnet18(root / "weights" / "r18.safetensors", num_classes=10)  # a 10-class head now
+    error = error_of(root)  # the cache cannot hide that they no longer fit the declared network
+    assert (error.code, error.path, error.line) == ("config.weights_mismatch", str(root / "models.yml"), 5)
+
+
+def test_changed_declaration_is_checked_again(tmp_path: Path, weights_file: Path) -> None:
+    root = project_with(tmp_path, weights_file, GOOD)
+    assert Project.load(root).resolved[0].plan.input_shape == (3, 32, 32)
+    (root / "models.yml").write_text(GOOD.replace("crop: 32", "crop: 24"))
+    assert Project.load(root).resolved[0].plan.input_shape == (3, 24, 24)

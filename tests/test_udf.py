@@ -237,3 +237,25 @@ def test_tensor_input_and_wrong_length_rows(spark, project: Project) -> None:  #
         expected = network(torch.tensor(good).view(5, 2, 3)).numpy()
     for row_id, index in {0: 0, 2: 1, 4: 2, 6: 4}.items():
         np.testing.assert_allclose(result[row_id], expected[index], atol=1e-5)
+
+
+def test_workers_fork_from_the_early_daemon(spark) -> None:  # noqa: ANN001
+    """On a local master the worker daemon was started with the session, torch already imported,
+    and the daemon Spark launched handed its place to it (sqlinfer/daemon.py)."""
+    import pyarrow as pa
+    from pyspark.sql.functions import ArrowUDFType, arrow_udf
+
+    def parent_command(batches):  # noqa: ANN001, ANN202
+        import os
+        import sys
+
+        command = open(f"/proc/{os.getppid()}/cmdline", "rb").read().replace(b"\0", b" ").decode()
+        preloaded = "torch" in sys.modules  # imported before this worker was forked
+        for batch in batches:
+            yield pa.array([f"{command} | torch={preloaded}"] * len(batch))
+
+    udf = arrow_udf(parent_command, "string", ArrowUDFType.SCALAR_ITER)
+    rows = {r[0] for r in spark.range(4, numPartitions=2).select(udf("id")).collect()}
+    assert len(rows) >= 1
+    for row in rows:
+        assert "sqlinfer.daemon --early" in row and row.endswith("torch=True"), row
