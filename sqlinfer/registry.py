@@ -127,11 +127,15 @@ def resolve(item: Located, root: Path) -> ResolvedModel:
             raise item.error(f"{len(labels)} labels, but the network has {num_outputs} outputs",
                              code="config.labels_mismatch", key="labels")
     plan = ModelPlan(decl, pp, shape, labels, num_outputs, fingerprint(item, pp, labels, weights))
-    python_files = ()
-    if decl.flavor == "python":
-        module_file = flavors.get("python").project_module_file(decl, root)
-        python_files = (module_file,) if module_file else ()
-    return ResolvedModel(plan, weights, python_files)
+    return ResolvedModel(plan, weights, _python_files(item, root))
+
+
+def _python_files(item: Located, root: Path) -> tuple[Path, ...]:
+    """The project module a python-flavor model's class lives in, shipped to the workers."""
+    if item.decl.flavor != "python":
+        return ()
+    module_file = flavors.get("python").project_module_file(item.decl, root)
+    return (module_file,) if module_file else ()
 
 
 # Bump when what resolve() derives from a declaration changes, so older cache entries miss.
@@ -212,11 +216,7 @@ def _from_cache(item: Located, root: Path, entry: dict[str, Any], weights: Weigh
     pp = Preprocess.model_validate(entry["preprocess"]) if entry["preprocess"] is not None else None
     labels = tuple(entry["labels"]) if entry["labels"] is not None else None
     plan = ModelPlan(decl, pp, tuple(entry["input_shape"]), labels, entry["num_outputs"], entry["fingerprint"])
-    python_files = ()
-    if decl.flavor == "python":
-        module_file = flavors.get("python").project_module_file(decl, root)
-        python_files = (module_file,) if module_file else ()
-    return ResolvedModel(plan, weights, python_files)
+    return ResolvedModel(plan, weights, _python_files(item, root))
 
 
 def _read_cache(cache_file: Path | None) -> dict[str, Any]:
