@@ -150,6 +150,11 @@ def prepare(opts: argparse.Namespace, ws: Workspace) -> list[Path]:
 # --- running the contenders --------------------------------------------------------------------
 
 
+def fastest(runs: Any) -> dict[str, Any]:
+    """The run with the most images per second (of repeated runs: the least disturbed)."""
+    return max(runs, key=lambda r: r["images_per_second"])
+
+
 def spark_job(approach: str, args: list[str], log: IO[str],
               device: str = "cpu") -> tuple[dict[str, Any], dict[str, PhasePeaks], float]:
     """Run ``bench.spark_job APPROACH`` to its end, sampling its memory (and GPU) phase by phase."""
@@ -186,21 +191,19 @@ def run_reference(opts: argparse.Namespace, ws: Workspace, paths: list[Path], re
         sweep = [reference.measure(s, paths[:opts.sweep_n], common, log) for s in settings]
         for s in sweep:
             print(f"  reference sweep: {s['label']}: {s['images_per_second']:.1f} images/s", flush=True)
-        fastest = max(sweep, key=lambda s: s["images_per_second"])
-        setting = reference.Setting(**fastest["setting"])
+        swept = fastest(sweep)
+        setting = reference.Setting(**swept["setting"])
         if opts.sweep_n >= len(paths) and opts.repeat == 1:
-            best = fastest
+            best = swept
         else:
-            best = max((reference.measure(setting, paths, common, log) for _ in range(opts.repeat)),
-                       key=lambda r: r["images_per_second"])
+            best = fastest(reference.measure(setting, paths, common, log) for _ in range(opts.repeat))
         results["reference"] = {"sweep": sweep, "sweep_n": len(paths[:opts.sweep_n]), "best": best}
         results["lines"].append({"name": f"reference ({setting.label})", "processes": setting.processes,
                                  "worker_rss_mb": best["peak_rss_mb"], **best})
         if opts.device == "cpu" and not opts.quick:
             # Not a target: how much of sqlinfer's edge is its channels-last layout.
             variant = reference.Setting(setting.processes, setting.threads, setting.batch, channels_last=True)
-            cl = max((reference.measure(variant, paths, common, log) for _ in range(opts.repeat)),
-                     key=lambda r: r["images_per_second"])
+            cl = fastest(reference.measure(variant, paths, common, log) for _ in range(opts.repeat))
             results["reference"]["channels_last"] = cl
             results["lines"].append({"name": "reference + channels_last", "processes": setting.processes,
                                      "worker_rss_mb": cl["peak_rss_mb"], **cl})
@@ -348,7 +351,6 @@ def run_e2e(opts: argparse.Namespace, ws: Workspace, results: dict[str, Any]) ->
     setting = reference.Setting(**best) if best else reference.Setting(cores, 1, 16)
     common = {"workdir": ws.root, "architecture": opts.model, "weights": ws.weights, "size": opts.size,
               "device": opts.device}
-    fastest = lambda runs: max(runs, key=lambda r: r["images_per_second"])  # noqa: E731
     with ws.log("e2e") as log:
         plain = fastest([reference.end_to_end(setting, ws.images, common, log) for _ in range(opts.repeat)])
         built = fastest([sqlinfer_e2e(opts, ws, log) for _ in range(opts.repeat)])

@@ -35,11 +35,10 @@ def _resize_size(width: int, height: int, resize: int | Sequence[int]) -> tuple[
     return int(resize * width / height), resize
 
 
-def decode_image(data: bytes | None, pp: Preprocess, out: np.ndarray, layout: str = "chw") -> None:
+def decode_image(data: bytes | None, pp: Preprocess, out: np.ndarray) -> None:
     """Decode encoded image bytes, resize and center-crop like torchvision's eval transforms, and
-    write the pixels (uint8) into ``out``: C x H x W, or with ``layout="hwc"`` H x W x C (PIL's own
-    order, so no transposing copy: the worker's batches are channels-last). Normalization happens
-    later, batched."""
+    write the pixels (uint8, H x W x C: PIL's own order, so no transposing copy; the worker's
+    batches are channels-last) into ``out``. Normalization happens later, batched."""
     from PIL import Image
 
     if data is None or len(data) == 0:
@@ -70,11 +69,10 @@ def decode_image(data: bytes | None, pp: Preprocess, out: np.ndarray, layout: st
     pixels = np.asarray(image)
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
-    want_h, want_w = out.shape[:2] if layout == "hwc" else out.shape[1:]
-    if pixels.shape[:2] != (want_h, want_w):
+    if pixels.shape[:2] != out.shape[:2]:
         raise BadInput("wrong_size", f"image is {pixels.shape[1]}x{pixels.shape[0]} after preprocessing, "
-                       f"expected {want_w}x{want_h}")
-    out[...] = pixels if layout == "hwc" else pixels.transpose(2, 0, 1)
+                       f"expected {out.shape[1]}x{out.shape[0]}")
+    out[...] = pixels
 
 
 def center_crop(image, crop_h: int, crop_w: int):  # noqa: ANN001, ANN201 - PIL images

@@ -280,7 +280,7 @@ class BatchBuffers:
 
         if plan.decl.input == "image":
             channels, height, width = plan.input_shape
-            shape, dtype = (batch_size, height, width, channels), torch.uint8
+            shape, dtype = (batch_size, height, width, channels), torch.uint8  # decode_image's layout
         else:
             shape, dtype = (batch_size, *plan.input_shape), torch.float32
         self._arrays = [torch.empty(shape, dtype=dtype, pin_memory=pinned).numpy() for _ in range(count)]
@@ -292,25 +292,19 @@ class BatchBuffers:
         return array[:rows]
 
 
-def prepare(plan: ModelPlan, values: list[Any], out: np.ndarray | None = None,
+def prepare(plan: ModelPlan, values: list[Any], out: np.ndarray,
             rows_pool: ThreadPoolExecutor | None = None) -> PreparedBatch:
-    """Decode/reshape ``values`` into ``out`` (a fresh array when None; images: N x H x W x C),
-    row by row, or spread over ``rows_pool``'s threads (PIL releases the GIL while decoding)."""
+    """Decode/reshape ``values`` into ``out`` (a slice of :class:`BatchBuffers`), row by row, or
+    spread over ``rows_pool``'s threads (PIL releases the GIL while decoding)."""
     started = time.perf_counter()
     image = plan.decl.input == "image"
-    if out is None:
-        if image:
-            channels, height, width = plan.input_shape
-            out = np.empty((len(values), height, width, channels), dtype=np.uint8)
-        else:
-            out = np.empty((len(values),) + plan.input_shape, dtype=np.float32)
     ok = np.ones(len(values), dtype=bool)
     errors: list[tuple[int, BadInput]] = []
 
     def one(row: int) -> None:
         try:
             if image:
-                decode_image(values[row], plan.preprocess, out[row], layout="hwc")
+                decode_image(values[row], plan.preprocess, out[row])
             else:
                 read_tensor(values[row], out[row])
         except BadInput as exc:

@@ -14,39 +14,15 @@ from sqlinfer import Project, worker
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
-MODELS = """\
-models:
-  - name: cpu
-    flavor: torchvision
-    architecture: resnet18
-    weights: weights/r18.safetensors
-    preprocess: {resize: 72, crop: 64}
-    output: logits
-    device: cpu
-  - name: gpu
-    flavor: torchvision
-    architecture: resnet18
-    weights: weights/r18.safetensors
-    preprocess: {resize: 72, crop: 64}
-    output: logits
-    device: auto
-  - name: half
-    flavor: torchvision
-    architecture: resnet18
-    weights: weights/r18.safetensors
-    preprocess: {resize: 72, crop: 64}
-    output: logits
-    device: cuda
-    precision: fp16
-  - name: bf16
-    flavor: torchvision
-    architecture: resnet18
-    weights: weights/r18.safetensors
-    preprocess: {resize: 72, crop: 64}
-    output: logits
-    device: cuda
-    precision: bf16
-"""
+
+def declaration(name: str, device: str, precision: str = "fp32") -> str:
+    return (f"  - name: {name}\n    flavor: torchvision\n    architecture: resnet18\n"
+            "    weights: weights/r18.safetensors\n    preprocess: {resize: 72, crop: 64}\n"
+            f"    output: logits\n    device: {device}\n    precision: {precision}\n")
+
+
+MODELS = "models:\n" + "".join([declaration("cpu", "cpu"), declaration("gpu", "auto"),
+                                 declaration("half", "cuda", "fp16"), declaration("bf16", "cuda", "bf16")])
 
 
 @pytest.fixture(scope="module")
