@@ -48,6 +48,6 @@ class GpuSampler:
     def mean(self, windows: list[tuple[float, float]] | None = None) -> float | None:
         """Mean utilization in percent (first GPU) over all samples, or over those taken within
         ``windows`` (epoch-second intervals); None when not measured."""
-        picked = [u for t, u in zip(self.times, self.samples)
+        picked = [u for t, u in zip(self.times, self.samples, strict=True)
                   if windows is None or any(start <= t <= end for start, end in windows)]
         return sum(picked) / len(picked) if picked else None

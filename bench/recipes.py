@@ -54,7 +54,7 @@ def predict_batch(spark: SparkSession, architecture: str, state: dict, size: int
     state_bc = sc.broadcast(state)
     builds = sc.accumulator(0)
 
-    def make_predict_fn():  # noqa: ANN202 - Spark's signature
+    def make_predict_fn():
         import io
 
         import numpy as np

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sqlinfer.text_table import format_table
+
 
 @dataclass
 class Target:
@@ -33,11 +35,7 @@ def _fmt(value: Any, digits: int = 1) -> str:
 
 
 def table(header: list[str], rows: list[list[Any]]) -> str:
-    cells = [header] + [[_fmt(v) for v in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return format_table(header, [[_fmt(v) for v in row] for row in rows])
 
 
 def contender_rows(results: dict[str, Any]) -> list[list[Any]]:
@@ -70,8 +68,9 @@ def summary(results: dict[str, Any]) -> str:
     if "reference" in results:
         out.append("")
         out.append(f"reference sweep on {results['reference']['sweep_n']} images (images/s, peak MB per process):")
+        sweep = results["reference"]["sweep"]
         out.append(table(["setting", "images/s", "process MB"],
-                         [[s["label"], s["images_per_second"], s["peak_rss_mb"]] for s in results["reference"]["sweep"]]))
+                         [[s["label"], s["images_per_second"], s["peak_rss_mb"]] for s in sweep]))
     sweeps = results.get("sqlinfer", {}).get("sweep") or []
     if sweeps:
         out.append("")
@@ -102,7 +101,8 @@ def summary(results: dict[str, Any]) -> str:
         out.append("end to end, CPU seconds by process (all cores):")
         for side in ("reference", "sqlinfer"):
             roles = e2e[side].get("cpu_seconds_by_role") or {}
-            out.append(f"  {e2e[side]['label']}: " + ", ".join(f"{role} {cpu:.1f}" for role, cpu in sorted(roles.items())))
+            by_role = ", ".join(f"{role} {cpu:.1f}" for role, cpu in sorted(roles.items()))
+            out.append(f"  {e2e[side]['label']}: {by_role}")
     check = results.get("check")
     if check:
         out.append("")
@@ -119,7 +119,7 @@ def _line(results: dict[str, Any], name: str) -> dict[str, Any] | None:
     return next((line for line in results["lines"] if line["name"] == name), None)
 
 
-def targets(results: dict[str, Any]) -> list[Target]:  # noqa: C901 - one check per target, in order
+def targets(results: dict[str, Any]) -> list[Target]:
     out: list[Target] = []
     ref = results.get("reference", {}).get("best")
     warm = _line(results, "sqlinfer warm")

@@ -28,14 +28,11 @@ from typing import IO, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import images, protocol, reference, report  # noqa: E402
-from bench.gpu import GpuSampler  # noqa: E402
-from bench.memory import MB, PhasePeaks, RssSampler  # noqa: E402
+from bench import images, protocol, reference, report
+from bench.gpu import GpuSampler
+from bench.memory import MB, PhasePeaks, RssSampler
 
 SECTIONS = ("reference", "sqlinfer", "naive", "pbu", "e2e")
-# `sqlinfer build` materializes sql/predictions.sql; before the build command existed the bench ran
-# the same statement through `sqlinfer sql`. None: use build when the installed CLI has it.
-USE_BUILD: bool | None = None
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -86,16 +83,17 @@ class Workspace:
     def __init__(self, opts: argparse.Namespace) -> None:
         self.root = (opts.out / "work").resolve()
         self.project = self.root / "project"
+        self.sweep_project = self.root / "sweep_project"  # the sweep's models, one per model batch size
         self.images = self.project / "images"
         self.sweep_images = self.root / "sweep_images"
         self.weights = self.project / "weights" / f"{opts.model}.safetensors"
         self.logs = self.root / "logs"
         self.function = f"{opts.model}_predict"
-        for folder in (self.project / "weights", self.project / "sql", self.logs):
+        for folder in (self.project / "weights", self.project / "sql", self.sweep_project / "weights", self.logs):
             folder.mkdir(parents=True, exist_ok=True)
 
     def log(self, name: str) -> IO[str]:
-        return open(self.logs / f"{name}.log", "w", encoding="utf-8")  # noqa: SIM115 - closed by the caller
+        return open(self.logs / f"{name}.log", "w", encoding="utf-8")
 
     def fresh_target(self, name: str) -> Path:
         target = self.root / "targets" / name
@@ -139,8 +137,12 @@ def prepare(opts: argparse.Namespace, ws: Workspace) -> list[Path]:
     (ws.project / "sqlinfer_project.yml").write_text(
         "name: bench\nsources:\n  images: {format: binaryFile, path: images, glob: \"*.jpg\"}\n")
     (ws.project / "models.yml").write_text("models:\n" + models_yml(opts, opts.model, None))
-    (ws.project / "sweep_models.yml").write_text(
+    (ws.sweep_project / "sqlinfer_project.yml").write_text("name: bench_sweep\n")
+    (ws.sweep_project / "models.yml").write_text(
         "models:\n" + "".join(models_yml(opts, f"{opts.model}_m{b}", b) for b in opts.model_batches))
+    sweep_weights = ws.sweep_project / "weights" / ws.weights.name
+    sweep_weights.unlink(missing_ok=True)
+    os.link(ws.weights, sweep_weights)  # a hard link: paths in a project must stay inside it
     (ws.project / "sql" / "predictions.sql").write_text(
         "{{ config(materialized='table') }}\n"
         f"SELECT path, {ws.function}(content) AS pred FROM {{{{ source('images') }}}}\n")
@@ -210,13 +212,9 @@ def run_reference(opts: argparse.Namespace, ws: Workspace, paths: list[Path], re
 
 
 def run_sqlinfer(opts: argparse.Namespace, ws: Workspace, results: dict[str, Any]) -> None:
-    from sqlinfer.plan import DEFAULT_BATCH_SIZE
-    from sqlinfer.session import DEFAULT_ARROW_BATCH
-
     shutil.rmtree(ws.project / "target", ignore_errors=True)
     args = ["--project", str(ws.project), "--function", ws.function, "--sweep-images", str(ws.sweep_images),
-            "--sweep-models", str(ws.project / "sweep_models.yml"), "--arrow-batches",
-            *map(str, opts.arrow_batches), "--default-arrow-batch", str(DEFAULT_ARROW_BATCH),
+            "--sweep-project", str(ws.sweep_project), "--arrow-batches", *map(str, opts.arrow_batches),
             "--export", str(ws.root / "sqlinfer_predictions.parquet"), "--repeat", str(opts.repeat)]
     if opts.master:
         args += ["--master", opts.master]
@@ -231,8 +229,8 @@ def run_sqlinfer(opts: argparse.Namespace, ws: Workspace, results: dict[str, Any
         cell["worker_rss_mb"] = phases[cell["phase"]].peak("worker") / MB
     results["sqlinfer"] = {
         "sweep": out["sweep"], "sweep_n": opts.sweep_n, "partitions": out["partitions"],
-        "default_model_batch": DEFAULT_BATCH_SIZE["cpu" if opts.device == "cpu" else "cuda"],
-        "default_arrow_batch": DEFAULT_ARROW_BATCH, "cold_breakdown": cold_breakdown(out, phases, launched),
+        "default_model_batch": out["default_model_batch"],
+        "default_arrow_batch": out["default_arrow_batch"], "cold_breakdown": cold_breakdown(out, phases, launched),
         "counters_warm": out["warm"]["counters"]}
     results["builds_per_process"] = out["builds_per_process"]
 
@@ -268,7 +266,8 @@ def cold_breakdown(out: dict[str, Any], phases: dict[str, PhasePeaks], launched:
     if built and build_seconds:
         first_build_start = built[0] - build_seconds[0]
         steps["  first query: until a worker starts building the model"] = first_build_start - cold["started"]
-        steps["  model build (mean per worker; overlaps the first batch's decode)"] = sum(build_seconds) / len(build_seconds)
+        mean_build = sum(build_seconds) / len(build_seconds)
+        steps["  model build (mean per worker; overlaps the first batch's decode)"] = mean_build
         steps["  scoring, from the first built model to the end of the query"] = query_end - built[0]
     steps["first query (all of it)"] = cold["seconds"]
     steps["total: process start to end of the first query"] = query_end - launched
@@ -305,17 +304,6 @@ def add_recipe(approach: str, out: dict[str, Any], phases: dict[str, PhasePeaks]
     results[approach] = {"sweep": out.get("sweep", []), "builds_per_udf": out.get("builds_per_udf")}
 
 
-def e2e_command(project: Path, function: str) -> list[str]:
-    sqlinfer = str(Path(sys.executable).with_name("sqlinfer"))
-    use_build = USE_BUILD
-    if use_build is None:
-        use_build = subprocess.run([sqlinfer, "build", "--help"], capture_output=True).returncode == 0
-    if use_build:
-        return [sqlinfer, "build", str(project)]
-    return [sqlinfer, "sql", str(project), f"CREATE TABLE predictions_{int(time.time())} USING parquet AS "
-            f"SELECT path, {function}(content) AS pred FROM images"]
-
-
 def sqlinfer_e2e(opts: argparse.Namespace, ws: Workspace, log: IO[str]) -> dict[str, Any]:
     """`sqlinfer build` of the bench project as a fresh process, timed from launch to exit.
 
@@ -326,7 +314,7 @@ def sqlinfer_e2e(opts: argparse.Namespace, ws: Workspace, log: IO[str]) -> dict[
     if not (ws.project / "target" / "metastore_db").exists():
         subprocess.run([sqlinfer, "sql", str(ws.project), "SHOW TABLES"], stdout=log, stderr=log, check=True,
                        env=protocol.child_env())
-    command = e2e_command(ws.project, ws.function)
+    command = [sqlinfer, "build", str(ws.project)]
     if opts.master:
         command += ["--master", opts.master]
     started = time.perf_counter()
@@ -392,9 +380,9 @@ def check_predictions(ws: Workspace, results: dict[str, Any]) -> None:
         return
     ours = pq.read_table(ours_file).to_pydict()
     theirs = pq.read_table(plain_file).to_pydict()
-    expected = {Path(p).name: v for p, v in zip(theirs["path"], theirs["pred"])}
+    expected = {Path(p).name: v for p, v in zip(theirs["path"], theirs["pred"], strict=True)}
     diffs = [float(np.max(np.abs(np.asarray(v, np.float32) - np.asarray(expected[Path(p).name], np.float32))))
-             for p, v in zip(ours["path"], ours["pred"]) if Path(p).name in expected]
+             for p, v in zip(ours["path"], ours["pred"], strict=True) if Path(p).name in expected]
     results["check"] = {"rows": len(diffs), "max_abs_diff": max(diffs) if diffs else float("nan")}
 
 

@@ -168,24 +168,31 @@ def run_sqlinfer(opts: argparse.Namespace) -> dict[str, Any]:
     out["warm"]["counters"] = _diff(stats.totals(), before)
     if opts.export:  # the warm predictions, for the bench's comparison with plain PyTorch
         spark.table(out["warm"]["table"]).coalesce(1).write.mode("overwrite").parquet(str(opts.export))
-    if opts.sweep_models:
+    if opts.sweep_project:
         out["sweep"] = sweep_sqlinfer(spark, project, opts)
     out["builds_per_process"] = {name: s.per_process("builds") for name, s in project.stats.items()}
+    # The defaults the bench reports next to the sweep: the session's rows per Arrow batch and the
+    # model's batch size on the device its declaration picks.
+    out["default_arrow_batch"] = int(spark.conf.get("spark.sql.execution.arrow.maxRecordsPerBatch"))
+    (model,) = (m for m in project.resolve_models() if m.plan.udf_name == opts.function)
+    out["default_model_batch"] = model.plan.batch_size("cpu" if model.plan.decl.device == "cpu" else "cuda")
     out["partitions"] = spark.table("images").rdd.getNumPartitions()
     return out
 
 
 def sweep_sqlinfer(spark: Any, project: Any, opts: argparse.Namespace) -> list[dict[str, Any]]:
-    """Model batch size x rows per Arrow batch, on the sweep images (warm: models built first)."""
-    from sqlinfer.registry import resolve
-    from sqlinfer.spec import load_models_file
-    from sqlinfer.udf import register
+    """Model batch size x rows per Arrow batch, on the sweep images (warm: models built first).
+    The sweep's models are a project of their own, registered on the same session."""
+    from sqlinfer import Project
 
     images_view(spark, "sweep", opts.sweep_images)
+    default_arrow_batch = spark.conf.get("spark.sql.execution.arrow.maxRecordsPerBatch")
+    sweep = Project.load(opts.sweep_project)
+    sweep_stats = sweep.register(spark, views=False)
+    project.stats.update(sweep_stats)
     results = []
-    for item in load_models_file(opts.sweep_models):
-        stats = register(spark, resolve(item, project.root))
-        project.stats[item.decl.udf_name] = stats
+    for item in sweep.models:
+        stats = sweep_stats[item.decl.udf_name]
         batch = item.decl.batch_size
         # Warm-up: build the model in every worker before timing (a tiny query per worker).
         queries = Queries(spark)
@@ -195,7 +202,7 @@ def sweep_sqlinfer(spark: Any, project: Any, opts: argparse.Namespace) -> list[d
             result = queries.run(f"sweep-m{batch}-a{arrow}", item.decl.udf_name, "sweep", arrow_batch=arrow)
             result.update({"model_batch": batch, "arrow_batch": arrow, "counters": _diff(stats.totals(), before)})
             results.append(result)
-    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(opts.default_arrow_batch))
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", default_arrow_batch)
     return results
 
 
@@ -209,7 +216,7 @@ def run_scale(opts: argparse.Namespace) -> dict[str, Any]:
     images_view(spark, "sweep", opts.sweep_images)
     queries.run("warmup", opts.function, "sweep")
     out: dict[str, Any] = {"sizes": []}
-    for factor, folder in zip(opts.factors, opts.scale_images):
+    for factor, folder in zip(opts.factors, opts.scale_images, strict=True):
         partitions = images_view(spark, f"scale_{factor}", folder)
         before = stats.totals()
         result = queries.run(f"scale-{factor}x", opts.function, f"scale_{factor}")
@@ -238,11 +245,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--batches", type=int, nargs="*", default=[16])
-    parser.add_argument("--sweep-models", type=Path)
+    parser.add_argument("--sweep-project", type=Path)
     parser.add_argument("--export", type=Path)
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--arrow-batches", type=int, nargs="*", default=[16])
-    parser.add_argument("--default-arrow-batch", type=int, default=16)
     opts = parser.parse_args(argv)
     protocol.emit("started", at=STARTED)
     runners = {"naive": run_naive, "pbu": run_pbu, "sqlinfer": run_sqlinfer, "scale": run_scale}

@@ -8,9 +8,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from sqlinfer.errors import SqlinferError
+from sqlinfer.errors import (
+    BuildError,
+    ClientError,
+    CommandError,
+    ConfigError,
+    ServeError,
+    SessionError,
+    SqlinferError,
+    TemplateError,
+)
 
-__all__ = ["Project", "SqlinferError", "__version__"]
+__all__ = ["BuildError", "ClientError", "CommandError", "ConfigError", "Project", "ServeError", "SessionError",
+           "SqlinferError", "TemplateError", "__version__"]
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:

@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from sqlinfer.errors import SqlinferError
+from sqlinfer.text_table import format_table
 
 
 def _conf_pairs(values: tuple[str, ...]) -> dict[str, str]:
@@ -54,7 +55,7 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from sqlinfer.spark_errors import translate
+        from sqlinfer.runtime.spark_errors import translate
 
         try:
             return func(*args, **kwargs)
@@ -89,7 +90,7 @@ def models(project: Path) -> None:
 
     loaded = Project.load(project)
     rows = [(m.plan.udf_name, m.plan.decl.flavor, f"{m.plan.decl.input} ({m.plan.decl.input_type})",
-             m.plan.decl.return_type, m.plan.fingerprint[:12]) for m in loaded.resolved]
+             m.plan.decl.return_type, m.plan.fingerprint[:12]) for m in loaded.resolve_models()]
     click.echo(format_table(["function", "flavor", "input", "returns", "fingerprint"], rows))
 
 
@@ -105,20 +106,29 @@ def models(project: Path) -> None:
 def sql(project: Path, query: str, limit: int, output: Path | None, variables: str | None, master: str | None,
         conf: tuple[str, ...]) -> None:
     """Run QUERY with the project's model functions, sources and view nodes registered."""
-    from sqlinfer.output import write_single_file
     from sqlinfer.project import Project
+    from sqlinfer.runtime.export import write_single_file
+    from sqlinfer.runtime.spark_errors import translate
 
     loaded = Project.load(project, parse_vars(variables))
     spark = loaded.start(master, _conf_pairs(conf))
     loaded.register(spark)
     for warning in loaded.warnings:
         click.echo(f"warning: {warning}", err=True)
-    frame = spark.sql(query)
-    if output is not None:
-        count = write_single_file(frame, output)
-        click.echo(f"wrote {count} rows to {output}")
-        return
-    rows = frame.limit(limit + 1).collect()
+    try:
+        frame = spark.sql(query)
+        if output is not None:
+            count = write_single_file(frame, output)
+            click.echo(f"wrote {count} rows to {output}")
+            return
+        rows = frame.limit(limit + 1).collect()
+    except Exception as exc:
+        # Translated here, where the project's model functions are known: an unknown function
+        # is then reported with the closest of them.
+        translated = translate(exc, [m.plan.udf_name for m in loaded.resolve_models()])
+        if translated is None:
+            raise
+        raise translated from None
     click.echo(format_table(frame.columns, [tuple(r) for r in rows[:limit]]))
     more = " (more rows not shown; raise --limit or use --output)" if len(rows) > limit else ""
     click.echo(f"{min(len(rows), limit)} rows{more}")
@@ -150,7 +160,7 @@ def build(project: Path, select: tuple[str, ...], exclude: tuple[str, ...], full
     from sqlinfer.project import Project
 
     loaded = Project.load(project, parse_vars(variables))
-    loaded.node_loader().load()  # template and model errors surface before Spark starts
+    loaded.nodes().load()  # template errors surface before Spark starts
     spark = loaded.start(master, _conf_pairs(conf))
     result = loaded.build(spark, select, exclude, full_refresh, report=click.echo)
     click.echo(f"Results: {loaded.target / 'run_results.json'}")
@@ -167,7 +177,7 @@ def compile_command(project: Path, variables: str | None, master: str | None, co
     from sqlinfer.project import Project
 
     loaded = Project.load(project, parse_vars(variables))
-    loaded.node_loader().load()
+    loaded.nodes().load()
     spark = loaded.start(master, _conf_pairs(conf))
     manifest = loaded.compile(spark)
     click.echo(f"Compiled {len(manifest.nodes)} nodes to {loaded.target / 'compiled'}; all pass Spark's analyzer.")
@@ -182,7 +192,7 @@ def ls_command(project: Path, select: tuple[str, ...], exclude: tuple[str, ...])
     from sqlinfer.project import Project
 
     loaded = Project.load(project)
-    manifest = loaded.node_loader().load()
+    manifest = loaded.nodes().load()
     rows = [(n.name, n.config.materialized, ", ".join(sorted(n.rendered.refs)) or "-",
              ", ".join(sorted(n.rendered.sources)) or "-", ", ".join(sorted(n.udfs)) or "-",
              str(n.path.relative_to(loaded.root)))
@@ -197,36 +207,11 @@ def ls_command(project: Path, select: tuple[str, ...], exclude: tuple[str, ...])
 @user_errors
 def init(name: str, directory: Path | None) -> None:
     """Create a new project that builds out of the box (a small random-init model over sample images)."""
-    from sqlinfer.scaffold import create_project
+    from sqlinfer.build.scaffold import create_project
 
     root = create_project(name, directory or Path(name))
     click.echo(f"Created {root}. Next: sqlinfer build {root}")
 
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "NULL"
-    if hasattr(value, "asDict"):
-        return "{" + ", ".join(f"{k}: {_cell(v)}" for k, v in value.asDict().items()) + "}"
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    if isinstance(value, (list, tuple)):
-        items = [_cell(v) for v in value[:8]]
-        return "[" + ", ".join(items) + (", ..." if len(value) > 8 else "") + "]"
-    if isinstance(value, (bytes, bytearray)):
-        return f"<{len(value)} bytes>"
-    return str(value)
-
-
-def format_table(header: list[str], rows: list[tuple[Any, ...]]) -> str:
-    cells = [list(header)] + [[_cell(v) for v in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    lines = [" | ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
-    lines.insert(1, "-+-".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-# --- serve (issue 4) ---------------------------------------------------------------------------
 
 @main.command()
 @project_argument
@@ -246,7 +231,7 @@ def serve(project: Path, host: str | None, port: int | None, insecure_no_auth: b
     PyHive) until Ctrl-C or SIGTERM. `--conf hive.server2.KEY=VALUE` sets the server (authentication, TLS,
     http transport; see docs/serve.md), other --conf keys set Spark."""
     from sqlinfer.project import Project
-    from sqlinfer.serve import serve as serve_project
+    from sqlinfer.serve.server import serve as serve_project
 
     serve_project(Project.load(project), host=host, port=port, master=master, conf=_conf_pairs(conf),
                   allow_insecure=insecure_no_auth, echo=click.echo)

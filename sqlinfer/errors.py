@@ -1,17 +1,21 @@
-"""The one error type users see: a code, a message, and where in their files it comes from."""
+"""The errors users see, one class per phase, each with a stable code and where it comes from.
+
+Every error is a :class:`SqlinferError`; the subclass says in which phase it arose (reading the
+project's YAML, rendering its SQL templates, building on Spark, serving, ...). ``code`` is a
+stable, greppable identifier listed in :data:`CODES` with what to do about it (docs/errors.md
+shows the same list); ``path`` and ``line`` point into the user's files when the error comes
+from one of them. ``str(err)`` is the ``path:line: message [code]`` form the CLI prints.
+"""
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from pathlib import Path
 
 
 class SqlinferError(Exception):
-    """A user-facing error.
-
-    ``code`` is a stable, greppable identifier (``config.unknown_key``, ``udf.bad_input`` ...);
-    ``path`` and ``line`` point into the user's files when the error comes from one of them.
-    ``str(err)`` is the ``path:line: message [code]`` form the CLI prints.
-    """
+    """A user-facing error: a message, a stable ``code``, and optionally a ``path`` and ``line``."""
 
     def __init__(self, message: str, *, code: str, path: str | Path | None = None,
                  line: int | None = None) -> None:
@@ -30,3 +34,125 @@ class SqlinferError(Exception):
     def __str__(self) -> str:
         where = f"{self.location}: " if self.location else ""
         return f"{where}{self.message} [{self.code}]"
+
+
+class ConfigError(SqlinferError):
+    """The project file, a models file or a model's weights, labels or network is wrong."""
+
+
+class TemplateError(SqlinferError):
+    """A SQL file cannot be rendered: Jinja syntax, an unknown ref/source/var, a bad config()."""
+
+
+class BuildError(SqlinferError):
+    """Spark refused or failed a node's SQL, a source cannot be read, or a model function failed."""
+
+
+class SessionError(SqlinferError):
+    """The project's Spark session cannot start (its embedded metastore is held elsewhere)."""
+
+
+class ServeError(SqlinferError):
+    """`sqlinfer serve` cannot start or stopped: settings, address, port, or the JVM."""
+
+
+class ClientError(SqlinferError):
+    """`sqlinfer.client.connect` cannot reach or log in to a server."""
+
+
+class CommandError(SqlinferError):
+    """A command's own arguments are wrong (an output file, a new project's name or folder)."""
+
+
+# Every code, the class that raises it, and what the user can do. docs/errors.md lists the same;
+# tests/unit/test_errors.py checks that every code raised in the package is here and there.
+CODES: dict[str, tuple[type[SqlinferError], str]] = {
+    # -- config: sqlinfer_project.yml, models.yml, weights -------------------------------------------
+    "config.not_a_project": (ConfigError, "Run the command in a project folder (one with sqlinfer_project.yml), "
+                             "or create one with `sqlinfer init NAME`."),
+    "config.missing_file": (ConfigError, "A file the project names does not exist: fix the path "
+                            "(relative to the project folder) or add the file."),
+    "config.yaml_syntax": (ConfigError, "Fix the YAML syntax at the line shown (indentation, a missing colon "
+                           "or quote)."),
+    "config.duplicate_key": (ConfigError, "A mapping names the same key twice: keep one."),
+    "config.unknown_key": (ConfigError, "Remove or rename the key; the message suggests the closest valid one "
+                           "(docs/models.md and docs/projects.md list every key)."),
+    "config.missing_key": (ConfigError, "Add the required key named in the message."),
+    "config.invalid_value": (ConfigError, "Give the key a value of the kind the message names."),
+    "config.path_outside_project": (ConfigError, "Paths in a project stay inside its folder: move the file "
+                                    "into the project, or use a source with an absolute path or URI."),
+    "config.duplicate_name": (ConfigError, "Two models have the same name or SQL function name: rename one "
+                              "(`name:` or `udf:`)."),
+    "config.missing_weights": (ConfigError, "The weights file does not exist: fix `weights:` or add the file."),
+    "config.bad_weights": (ConfigError, "The weights cannot be read safely: use a .safetensors file or a "
+                           "state_dict saved with torch.save (read with weights_only=True)."),
+    "config.weights_mismatch": (ConfigError, "The weights do not fit the declared network: check "
+                                "`architecture`, `class`, `kwargs` (e.g. num_classes) against the file."),
+    "config.bad_input_shape": (ConfigError, "The network refuses the input size: fix `preprocess` (crop, "
+                               "resize) or `shape`."),
+    "config.unknown_architecture": (ConfigError, "Use a name from "
+                                    "torchvision.models.list_models(module=torchvision.models)."),
+    "config.bad_class": (ConfigError, "`class: module:Class` cannot be imported: put the module in the project "
+                         "folder or install it, and check the class name."),
+    "config.labels_mismatch": (ConfigError, "The labels file needs one line per network output."),
+    # -- template: rendering a project's SQL files -----------------------------------------------------
+    "sql.bad_name": (TemplateError, "SQL file names are node names: use letters, digits and _ only."),
+    "sql.duplicate_node": (TemplateError, "Two SQL files have the same name in different folders: rename one."),
+    "sql.name_clash": (TemplateError, "A node has the name of a source: rename the file or the source."),
+    "sql.unknown_ref": (TemplateError, "ref() names no SQL file of the project: fix the name (the message "
+                        "lists the nodes)."),
+    "sql.unknown_source": (TemplateError, "source() names no source of sqlinfer_project.yml: fix the name or "
+                           "declare it under `sources:`."),
+    "sql.bad_config": (TemplateError, "Fix the config() call: known arguments are materialized, unique_key, "
+                       "partition_by and file_format; incremental nodes need unique_key."),
+    "sql.missing_var": (TemplateError, "Set the variable under `vars:` in the project file, pass --vars, or "
+                        "give var() a default."),
+    "sql.jinja_syntax": (TemplateError, "Fix the Jinja syntax at the line shown."),
+    "sql.undefined": (TemplateError, "The template uses a name that is not defined: check spelling; known are "
+                      "ref, source, config, var, is_incremental, this, udfs, the model names and macros."),
+    "sql.sandbox": (TemplateError, "Templates run sandboxed: access to Python internals is refused."),
+    "dag.cycle": (TemplateError, "The nodes ref() each other in a circle: break the cycle shown."),
+    "dag.unknown_node": (TemplateError, "--select/--exclude names no node: the message lists the nodes."),
+    # -- build: running on Spark ------------------------------------------------------------------------
+    "source.unreadable": (BuildError, "Spark cannot read the source: check its path, format and options in "
+                          "sqlinfer_project.yml."),
+    "sql.syntax": (BuildError, "Spark cannot parse the SQL: fix the syntax at the line shown (see "
+                   "target/compiled/ for the rendered SQL)."),
+    "sql.analysis": (BuildError, "Spark refused the SQL (unknown column, table or function): the message names "
+                     "it; an unknown function lists the project's model functions."),
+    "sql.failed": (BuildError, "The query failed while running: the message gives Spark's reason."),
+    "udf.failed": (BuildError, "A model function failed on a row with on_error: fail; the message names the "
+                   "model and row. Fix the row, or declare on_error: null to get NULL for bad rows."),
+    "build.failed": (BuildError, "The node failed for a reason Spark did not classify: the message says why."),
+    # -- session ----------------------------------------------------------------------------------------
+    "metastore.locked": (SessionError, "Another process holds the project's embedded metastore: stop it (a "
+                         "`sqlinfer serve`, `sql` or `build` on the project), or query through the running "
+                         "`sqlinfer serve`."),
+    # -- serve ------------------------------------------------------------------------------------------
+    "serve.bad_setting": (ServeError, "Fix the hive.server2.* setting the message names (docs/serve.md)."),
+    "serve.bad_host": (ServeError, "--host must be an address or name of this machine."),
+    "serve.unsafe_bind": (ServeError, "Enable authentication (and TLS) before listening beyond loopback, keep "
+                          "--host 127.0.0.1, or on a trusted network pass --insecure-no-auth."),
+    "serve.port_in_use": (ServeError, "Choose another --port, or --port 0 for a free one."),
+    "serve.port_denied": (ServeError, "Ports below 1024 need root: choose another --port."),
+    "serve.start_failed": (ServeError, "The Thrift server did not start: the message gives Java's reason."),
+    "serve.jvm_exited": (ServeError, "The Spark JVM ended on its own: its log is above the message."),
+    # -- client -----------------------------------------------------------------------------------------
+    "client.missing_pyhive": (ClientError, "Install the client extra: pip install 'sqlinfer[client]'."),
+    "client.bad_auth": (ClientError, "Use auth NONE, NOSASL, LDAP, CUSTOM or PAM (for KERBEROS use "
+                        "pyhive.hive.connect directly)."),
+    "client.bad_transport": (ClientError, "Use transport binary or http, as the server's "
+                             "hive.server2.transport.mode."),
+    "client.connect_failed": (ClientError, "Check host, port, transport, auth and TLS against what "
+                              "`sqlinfer serve` printed."),
+    # -- command-line arguments ---------------------------------------------------------------------------
+    "cli.bad_output": (CommandError, "--output must end in .parquet, .csv or .json."),
+    "cli.bad_name": (CommandError, "A project name is an identifier: letters, digits and _."),
+    "cli.exists": (CommandError, "`sqlinfer init` writes into a new or empty folder: choose another --dir."),
+}
+
+
+def closest(word: str, choices: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices``, or nothing when none is close."""
+    found = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {found[0]!r}?)" if found else ""

@@ -20,7 +20,7 @@ def spark_target(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def spark(spark_target: Path) -> Iterator:
     """The functional tests' SparkSession: local[2], Hive metastore and warehouse in a temp folder."""
-    from sqlinfer.session import build_session
+    from sqlinfer.runtime.session import build_session
 
     session = build_session(spark_target, "local[2]", {
         "spark.ui.enabled": "false",

@@ -1,0 +1,91 @@
+"""`sqlinfer_project.yml`: the project file, validated into a frozen :class:`ProjectConfig`.
+
+Errors name the file and line of the offending key. Nothing here imports Spark or torch.
+"""
+
+from __future__ import annotations
+
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from sqlinfer.errors import ConfigError
+from sqlinfer.yamlfile import IDENTIFIER, LineDict, Strict, load_yaml, validation_error
+
+PROJECT_FILE = "sqlinfer_project.yml"
+SourceFormat = Literal["binaryFile", "parquet", "csv", "json", "orc", "text"]
+SOURCE_FORMATS: tuple[str, ...] = typing.get_args(SourceFormat)
+
+
+class Source(Strict):
+    """An input: files read with a Spark data source (``path`` + ``format``), or an existing ``table``."""
+
+    format: SourceFormat | None = None
+    path: str | None = None
+    glob: str | None = Field(None, description="pathGlobFilter, e.g. '*.jpg'")
+    recursive: bool = False
+    options: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    table: str | None = None
+    columns: dict[str, str] = Field(default_factory=dict, description="extra columns: name -> SQL expression")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Source:
+        if (self.path is None) == (self.table is None):
+            raise ValueError("a source needs either `path` (with `format`) or `table`")
+        if self.path is not None and self.format is None:
+            raise ValueError(f"source with `path` needs `format` (one of {', '.join(SOURCE_FORMATS)})")
+        if self.table is not None and (self.format or self.glob or self.recursive or self.options):
+            raise ValueError("a `table` source takes no format, glob, recursive or options")
+        return self
+
+
+class ProjectConfig(Strict):
+    """The whole project file."""
+
+    name: str
+    models: tuple[str, ...] = ("models.yml",)
+    sql: str = "sql"
+    macros: str = "macros"
+    target: str = "target"
+    database: str = "default"
+    sources: dict[str, Source] = Field(default_factory=dict)
+    vars: dict[str, Any] = Field(default_factory=dict)
+    spark: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    serve: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return (value,) if isinstance(value, str) else value
+
+    @field_validator("name", "database")
+    @classmethod
+    def _identifier(cls, value: str) -> str:
+        if not IDENTIFIER.match(value):
+            raise ValueError(f"{value!r} must be an identifier (letters, digits, _)")
+        return value
+
+    @field_validator("sources")
+    @classmethod
+    def _source_names(cls, value: dict[str, Source]) -> dict[str, Source]:
+        for name in value:
+            if not IDENTIFIER.match(name):
+                raise ValueError(f"source name {name!r} must be an identifier (letters, digits, _)")
+        return value
+
+
+def load_project_file(root: Path) -> tuple[ProjectConfig, LineDict]:
+    path = root / PROJECT_FILE
+    if not path.is_file():
+        raise ConfigError(f"no {PROJECT_FILE} in {root} (is this a sqlinfer project? `sqlinfer init NAME` makes one)",
+                            code="config.not_a_project", path=path)
+    data = load_yaml(path)
+    if not isinstance(data, LineDict):
+        raise ConfigError("the project file must be a mapping", code="config.invalid_value", path=path, line=1)
+    try:
+        config = ProjectConfig.model_validate(data)
+    except ValidationError as exc:
+        raise validation_error(exc, data, path, ProjectConfig) from None
+    return config, data

@@ -1,0 +1,221 @@
+"""Compiling and building a project's nodes on a session: checks first, then each node in order,
+with a progress line per node and `target/run_results.json` at the end.
+
+`compile` renders every node and has Spark's analyzer check it (unknown columns, functions,
+tables) against the nodes before it, without reading data or running a model. `build` compiles
+first, so a node with an error fails the build before any table is touched.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sqlinfer.build.manifest import Manifest, Node, NodeLoader
+from sqlinfer.build.materialize import Materializer
+from sqlinfer.errors import BuildError, SqlinferError
+from sqlinfer.runtime.spark_errors import sql_line, translate
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+Report = Callable[[str], None]
+COMPILE_PREFIX = "__sqlinfer_compile_"
+
+
+@dataclass
+class NodeResult:
+    """One node's line in the progress output and in run_results.json."""
+
+    name: str
+    path: str
+    materialized: str
+    status: str = "skipped"  # success | error | skipped
+    action: str = ""
+    rows: int | None = None
+    rows_scored: int = 0  # rows that went through a model function
+    seconds: float = 0.0
+    message: str = ""
+    models: dict[str, str] = field(default_factory=dict)  # function -> fingerprint
+
+    @property
+    def rows_per_second(self) -> float | None:
+        return self.rows / self.seconds if self.rows and self.seconds > 0 else None
+
+
+@dataclass
+class RunResult:
+    """A build's results, written to ``target/run_results.json``."""
+
+    nodes: list[NodeResult]
+    seconds: float
+
+    @property
+    def success(self) -> bool:
+        return all(n.status == "success" for n in self.nodes)
+
+    def write(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "success": self.success,
+            "elapsed_seconds": round(self.seconds, 3),
+            "nodes": [{**asdict(n), "rows_per_second": n.rows_per_second} for n in self.nodes],
+        }
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(payload, indent=2) + "\n")
+        tmp.replace(path)
+
+
+def _located(exc: BaseException, node: Node, functions: Iterable[str]) -> SqlinferError:
+    """A Spark error about a node's SQL, pointing at the node's file and line."""
+    if isinstance(exc, SqlinferError):
+        if exc.path is None:
+            exc.path = str(node.path)
+        return exc
+    translated = translate(exc, functions)
+    if translated is None:
+        return BuildError(f"{type(exc).__name__}: {exc}", code="build.failed", path=node.path)
+    translated.path = str(node.path)
+    translated.line = sql_line(exc)
+    return translated
+
+
+class Runner:
+    """Compiles and builds one project's nodes on a session.
+
+    ``fingerprints`` maps each model function to its model's fingerprint (recorded with the
+    tables that call it); ``scored`` returns how many rows the model functions have scored so far.
+    """
+
+    def __init__(self, spark: SparkSession, loader: NodeLoader, *, root: Path, target: Path, database: str,
+                 fingerprints: Mapping[str, str], scored: Callable[[], int],
+                 report: Report = lambda _line: None) -> None:
+        self.spark = spark
+        self.loader = loader
+        self.root = root
+        self.target = target
+        self.database = database
+        self.fingerprints = fingerprints
+        self.scored = scored
+        self.report = report
+        self.materializer = Materializer(spark, database)
+
+    # -- compile ------------------------------------------------------------------------------------
+    def compile(self) -> Manifest:
+        """Render every node, write target/compiled/, and check each with Spark's analyzer."""
+        manifest = self.loader.load()
+        compiled_dir = self.target / "compiled"
+        for node in manifest.nodes.values():
+            out = compiled_dir / node.relative
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(node.sql)
+        checking = self.loader.load_with({name: f"`{COMPILE_PREFIX}{name}`" for name in manifest.nodes})
+        try:
+            for node in checking.order():
+                try:
+                    frame = self.spark.sql(node.sql)
+                except Exception as exc:  # every Spark error becomes a located error
+                    raise _located(exc, node, self.fingerprints) from None
+                frame.createOrReplaceTempView(f"{COMPILE_PREFIX}{node.name}")
+        finally:
+            for name in manifest.nodes:
+                self.spark.catalog.dropTempView(f"{COMPILE_PREFIX}{name}")
+        return manifest
+
+    # -- build --------------------------------------------------------------------------------------
+    def build(self, select: Iterable[str] = (), exclude: Iterable[str] = (), full_refresh: bool = False) -> RunResult:
+        started = time.perf_counter()
+        manifest = self.compile()
+        selected = manifest.order(select, exclude)
+        self.spark.sql(f"CREATE DATABASE IF NOT EXISTS `{self.database}`")
+        # Views are session objects: unselected view ancestors of selected nodes are made too (a
+        # node that needs a failed one fails with the real error).
+        chosen = {n.name for n in selected}
+        needed = {a for n in selected for a in manifest.graph.ancestors(n.name)} - chosen
+        self.materializer.views([n for n in manifest.order() if n.name in needed])
+        results: dict[str, NodeResult] = {}
+        for index, node in enumerate(selected, start=1):
+            result = NodeResult(node.name, str(node.path.relative_to(self.root)), node.config.materialized,
+                                models={f: self.fingerprints[f] for f in sorted(node.udfs)})
+            results[node.name] = result
+            failed_parent = next((p for p in manifest.graph.ancestors(node.name)
+                                  if p in results and results[p].status != "success"), None)
+            prefix = f"[{index}/{len(selected)}]"
+            if failed_parent is not None:
+                result.message = f"skipped: upstream node {failed_parent!r} did not build"
+                self.report(f"{prefix} SKIP  {node.config.materialized} {node.name} ({result.message})")
+                continue
+            self.report(f"{prefix} START {node.config.materialized} {node.name}")
+            self._run_node(node, result, manifest, full_refresh)
+            self.report(f"{prefix} {self._summary(result)}")
+        run = RunResult(list(results.values()), time.perf_counter() - started)
+        run.write(self.target / "run_results.json")
+        ok = sum(1 for r in run.nodes if r.status == "success")
+        errors = sum(1 for r in run.nodes if r.status == "error")
+        skipped = sum(1 for r in run.nodes if r.status == "skipped")
+        self.report(f"Done in {run.seconds:.1f}s: {ok} ok, {errors} error, {skipped} skipped.")
+        return run
+
+    def _summary(self, r: NodeResult) -> str:
+        if r.status == "error":
+            return f"ERROR {r.materialized} {r.name}: {r.message}"
+        rows = "" if r.rows is None else f" {r.action}, {r.rows:,} rows"
+        speed = f" ({r.rows_per_second:,.0f} rows/s)" if r.rows_per_second else ""
+        scored = f", {r.rows_scored:,} scored" if r.rows_scored else ""
+        note = f" [{r.message}]" if r.message else ""
+        return f"OK    {r.materialized} {r.name}{rows}{scored} in {r.seconds:.1f}s{speed}{note}"
+
+    def _run_node(self, node: Node, result: NodeResult, manifest: Manifest, full_refresh: bool) -> None:
+        started = time.perf_counter()
+        scored_before = self.scored()
+        try:
+            kind = node.config.materialized
+            if kind == "view":
+                outcome = self.materializer.view(node)
+            elif kind == "table":
+                outcome = self.materializer.table(node, result.models)
+            else:
+                refresh, reason = self._refresh_reason(node, result.models, full_refresh)
+                incremental_sql = self._incremental_sql(node, manifest)
+                outcome = self.materializer.incremental(node, incremental_sql, result.models, refresh, reason)
+            result.status, result.rows = "success", outcome.rows
+            result.action, result.message = outcome.action, outcome.note
+        except Exception as exc:  # a failed node is reported, its descendants skipped
+            error = _located(exc, node, self.fingerprints)
+            result.status, result.message = "error", str(error)
+        result.seconds = time.perf_counter() - started
+        result.rows_scored = self.scored() - scored_before
+
+    def _incremental_sql(self, node: Node, manifest: Manifest) -> str:
+        """The node's SQL for an incremental run: every input that has the unique key column reads
+        only rows whose key is not in the table yet, so old rows never reach a model function.
+        (Spark does not push an anti join on the result below a Python UDF by itself.)"""
+        key = node.config.unique_key
+        this = self.materializer.qualified(node.name)
+
+        def new_rows_of(relation: str) -> str:
+            if not self.materializer.exists(node.name) or key not in self.spark.table(relation).columns:
+                return relation
+            return (f"(SELECT * FROM {relation} AS __sqlinfer_in WHERE NOT EXISTS "
+                    f"(SELECT 1 FROM {this} AS __sqlinfer_t WHERE __sqlinfer_t.`{key}` = __sqlinfer_in.`{key}`))")
+
+        return self.loader.render(node.name, lambda name: new_rows_of(manifest.ref(name)), incremental=True,
+                                  source=lambda name: new_rows_of(self.loader.source_name(name))).sql
+
+    def _refresh_reason(self, node: Node, models: dict[str, str], full_refresh: bool) -> tuple[bool, str]:
+        if full_refresh:
+            return True, "--full-refresh"
+        recorded = self.materializer.models_recorded(node.name)
+        if recorded is None:
+            return False, ""
+        changed = sorted(f for f, fingerprint in models.items() if recorded.get(f) != fingerprint)
+        changed += sorted(f for f in recorded if f not in models)
+        if changed:
+            return True, f"model function {', '.join(changed)} changed since the table was built: full rebuild"
+        return False, ""

@@ -1,0 +1,121 @@
+"""The flavor contract (:class:`Flavor`) and what every flavor shares: the weights blob the driver
+broadcasts, the defaults a flavor may supply, and reading state_dict files safely."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from sqlinfer.models.declaration import Located, ModelDecl, Preprocess
+from sqlinfer.paths import inside
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass(frozen=True)
+class Weights:
+    """What the driver broadcasts to workers: the weights as one serialized blob."""
+
+    format: Literal["safetensors", "torchscript"]
+    data: bytes
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """Preprocessing and class names a flavor supplies where the declaration gives none."""
+
+    preprocess: Preprocess | None = None
+    labels: tuple[str, ...] | None = None
+
+
+class Flavor(Protocol):
+    """What each flavor module's ``FLAVOR`` does. Driver-side methods get the :class:`Located`
+    declaration (errors name its file and line) and the project folder; ``build`` runs on the
+    workers and in the driver's check, from the broadcast weights alone."""
+
+    def validate(self, decl: ModelDecl) -> None:
+        """Keys this flavor needs or refuses; raise ValueError (reported at the declaration's line).
+        Runs while models.yml is read: no torch import."""
+
+    def check(self, item: Located) -> None:
+        """Checks that need the flavor's library but not the weights (e.g. a known architecture)."""
+
+    def defaults(self, decl: ModelDecl) -> Defaults:
+        """Preprocessing and labels to use where the declaration gives none."""
+
+    def load_weights(self, item: Located, root: Path) -> Weights:
+        """Read (or generate) the weights once, on the driver, as the blob the workers get."""
+
+    def file_weights(self, item: Located, root: Path) -> Weights | None:
+        """The weights when the declared file is broadcast exactly as it is on disk (so an unchanged
+        file means an unchanged model), else None (weights generated, downloaded or converted)."""
+
+    def source_files(self, item: Located, root: Path) -> tuple[Path, ...] | None:
+        """Project files the network's code comes from, shipped to the workers; None when the code
+        lives outside the project, where its changes cannot be tracked."""
+
+    def build(self, decl: ModelDecl, weights: Weights) -> torch.nn.Module:
+        """The network, from the declaration and the broadcast weights (worker side)."""
+
+
+def weights_path(item: Located, root: Path) -> Path:
+    """The declared weights file, which must exist inside the project folder."""
+    assert item.decl.weights is not None
+    path = inside(root, item.decl.weights, what=f"model {item.decl.name!r}: weights path", path=item.path,
+                  line=item.raw.line_of("weights"))
+    if not path.is_file():
+        raise item.error(f"weights file not found: {path}", code="config.missing_weights", key="weights")
+    return path
+
+
+def state_dict_weights(item: Located, path: Path) -> Weights:
+    """A state_dict file (`.safetensors`, or `.pt/.pth` read with ``weights_only=True``) as safetensors bytes."""
+    import torch
+    from safetensors.torch import save
+
+    if path.suffix == ".safetensors":
+        data = path.read_bytes()
+        try:
+            from safetensors.torch import load
+
+            load(data)
+        except Exception as exc:  # any parse failure is a bad weights file
+            raise item.error(f"cannot read safetensors file {path.name}: {exc}",
+                             code="config.bad_weights", key="weights") from None
+        return Weights("safetensors", data)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unpickling refused, or not a torch file
+        raise item.error(f"cannot load {path.name} as a state_dict (weights_only=True): {exc}",
+                         code="config.bad_weights", key="weights") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise item.error(f"{path.name} does not hold a state_dict (a mapping of names to tensors)",
+                         code="config.bad_weights", key="weights")
+    return Weights("safetensors", save(state_tensors(state)))
+
+
+def state_tensors(state: dict[str, Any]) -> dict[str, Any]:
+    """Tensors safetensors can store: contiguous, and no two sharing memory."""
+    return {name: tensor.detach().clone().contiguous() for name, tensor in state.items()}
+
+
+def safetensors_file(item: Located, root: Path) -> Weights | None:
+    """A declared ``.safetensors`` file as it is on disk, or None for any other weights."""
+    if item.decl.weights is None or not item.decl.weights.endswith(".safetensors"):
+        return None
+    return Weights("safetensors", weights_path(item, root).read_bytes())
+
+
+def load_state(module: torch.nn.Module, weights: Weights) -> None:
+    from safetensors.torch import load
+
+    module.load_state_dict(load(weights.data), strict=True)

@@ -1,0 +1,87 @@
+"""Flavor `python`: the user's own ``nn.Module`` class (``class: package.module:ClassName``),
+constructed with ``kwargs`` and loaded from a state_dict file.
+
+The module must be importable on the workers: either installed in their Python environment, or a
+``.py`` file inside the project folder, which sqlinfer ships to the workers (``SparkContext.addPyFile``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sqlinfer.models.declaration import Located, ModelDecl
+from sqlinfer.models.flavors.base import (
+    Defaults,
+    Weights,
+    load_state,
+    safetensors_file,
+    state_dict_weights,
+    weights_path,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+
+def split_class_path(decl: ModelDecl) -> tuple[str, str]:
+    assert decl.class_path is not None
+    module, _, name = decl.class_path.partition(":")
+    return module, name
+
+
+def project_module_file(decl: ModelDecl, root: Path) -> Path | None:
+    """The project's own file for the declared module, if the module lives in the project."""
+    module, _ = split_class_path(decl)
+    candidate = root.joinpath(*module.split(".")).with_suffix(".py")
+    return candidate if candidate.is_file() else None
+
+
+def load_class(decl: ModelDecl) -> type:
+    module_name, class_name = split_class_path(decl)
+    cls: type = getattr(importlib.import_module(module_name), class_name)
+    return cls
+
+
+class Python:
+    def validate(self, decl: ModelDecl) -> None:
+        if not decl.class_path:
+            raise ValueError("flavor python needs `class: module:Class`")
+        if ":" not in decl.class_path:
+            raise ValueError("`class` must look like module.path:ClassName")
+        if not decl.weights:
+            raise ValueError("flavor python needs `weights` (a file)")
+
+    def check(self, item: Located) -> None:
+        pass
+
+    def defaults(self, decl: ModelDecl) -> Defaults:
+        return Defaults()
+
+    def load_weights(self, item: Located, root: Path) -> Weights:
+        if project_module_file(item.decl, root) is not None and str(root) not in sys.path:
+            # Driver side; workers get the file through SparkContext.addPyFile.
+            sys.path.insert(0, str(root))
+        try:
+            load_class(item.decl)
+        except (ImportError, AttributeError) as exc:
+            raise item.error(f"cannot import {item.decl.class_path}: {exc}", code="config.bad_class",
+                             key="class") from None
+        return state_dict_weights(item, weights_path(item, root))
+
+    def file_weights(self, item: Located, root: Path) -> Weights | None:
+        return safetensors_file(item, root)
+
+    def source_files(self, item: Located, root: Path) -> tuple[Path, ...] | None:
+        module_file = project_module_file(item.decl, root)
+        return (module_file,) if module_file else None
+
+    def build(self, decl: ModelDecl, weights: Weights) -> torch.nn.Module:
+        module: torch.nn.Module = load_class(decl)(**decl.kwargs)
+        load_state(module, weights)
+        return module
+
+
+FLAVOR = Python()

@@ -1,0 +1,37 @@
+"""What a worker needs to know about a model, minus the weights: a small picklable description."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlinfer.models.declaration import ModelDecl, Preprocess
+
+# Rows per forward pass when the declaration sets no `batch_size`, by the device the worker gets.
+# From bench/ (docs/performance.md): on CPU small batches are fastest per image.
+DEFAULT_BATCH_SIZE = {"cpu": 16, "cuda": 64}
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    """A resolved declaration: defaults filled in, sizes fixed, labels read, fingerprint computed.
+
+    It travels inside the UDF's closure; the weights travel separately as a Spark broadcast.
+    """
+
+    decl: ModelDecl
+    preprocess: Preprocess | None  # image input only; defaults applied
+    input_shape: tuple[int, ...]  # one row's tensor: (C, H, W) for images, the declared shape for tensors
+    labels: tuple[str, ...] | None
+    num_outputs: int
+    fingerprint: str  # sha256 of the declaration, resolved preprocessing, labels and weights
+
+    @property
+    def name(self) -> str:
+        return self.decl.name
+
+    @property
+    def udf_name(self) -> str:
+        return self.decl.udf_name
+
+    def batch_size(self, device: str) -> int:
+        return self.decl.batch_size or DEFAULT_BATCH_SIZE["cpu" if device == "cpu" else "cuda"]

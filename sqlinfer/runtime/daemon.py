@@ -1,0 +1,192 @@
+"""PySpark's Python worker daemon, with torch already imported when it forks the workers.
+
+Spark starts one daemon per executor (``python -m <spark.python.daemon.module>``) and forks a
+Python worker from it for each concurrent task. With PySpark's own daemon every worker imports
+torch and torchvision itself, 3-5 s of CPU and most of a worker's ~900 MB, before its first row.
+sqlinfer's session sets ``spark.python.daemon.module=sqlinfer.runtime.daemon``: this module imports them
+once, then runs PySpark's unchanged daemon loop, so forked workers start with them loaded
+(shared copy-on-write pages).
+
+Forking after these imports is safe because none of them starts a thread (checked below; pandas
+and pyarrow do start one, which is why PySpark imports them after the fork, and so do we).
+
+Started early: Spark launches the daemon only when a first task needs Python, seconds after the
+session starts, and then the imports (about 4 s) still stand between it and the first worker. So
+on a local master the driver starts an *early daemon* at once (:func:`start_early`): a process that
+does the imports while the JVM starts and then waits on a Unix socket, whose path the JVM inherits
+in ``SQLINFER_EARLY_DAEMON``. The daemon Spark launches hands its stdin, stdout and stderr
+(``SCM_RIGHTS``), environment, arguments and working directory over that socket and waits for it
+to end; the early daemon takes them on and runs PySpark's daemon loop, so the JVM talks to a
+daemon that is ready at once. When there is no early daemon to take (already taken, gone, another
+machine), the launched daemon does the imports and runs the loop itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# Imported before the fork. Neither pyarrow nor pandas (both start threads on import).
+PRELOAD = ("numpy", "PIL.Image", "torch", "torchvision", "safetensors.torch")
+
+
+def _threads() -> int:
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:  # not Linux: assume the imports behaved
+        return 1
+
+
+def preload(modules: tuple[str, ...] = PRELOAD) -> float:
+    """Import ``modules`` (those that fail are skipped: the worker reports the error later, where
+    the user sees it) and return the seconds spent."""
+    import importlib
+
+    started = time.perf_counter()
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception:  # any import failure surfaces in the worker instead, where users see it
+            continue
+    if _threads() > 1:
+        print(f"sqlinfer.daemon: a preloaded module started a thread ({_threads()} threads) before "
+              "the daemon forks its workers", file=sys.stderr)
+    return time.perf_counter() - started
+
+
+EARLY_ENV = "SQLINFER_EARLY_DAEMON"
+SUPPORTED = hasattr(socket, "send_fds") and hasattr(os, "pidfd_open")  # Linux, Python >= 3.9
+
+
+def start_early() -> subprocess.Popen | None:
+    """Start an early daemon and point the JVM about to start at it (``SQLINFER_EARLY_DAEMON``).
+    The caller ends it at exit (:func:`end_early`); it also ends by itself when this process does."""
+    if not SUPPORTED or os.environ.get("SQLINFER_DAEMON_PRELOAD", "1") == "0":
+        return None
+    path = Path(tempfile.mkdtemp(prefix="sqlinfer-daemon-")) / "daemon.sock"  # a private folder (0700)
+    # As in the daemon Spark launches (Spark sets it to spark.task.cpus): OpenMP then starts no
+    # thread pool during the imports, and forking stays safe.
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    proc = subprocess.Popen([sys.executable, "-m", "sqlinfer.runtime.daemon", "--early", str(path)],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env)
+    os.environ[EARLY_ENV] = str(path)
+    return proc
+
+
+def end_early(proc: subprocess.Popen[bytes]) -> None:
+    """After the JVM has ended (so a daemon it took on has ended too): make sure it is gone."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+    path = Path(str(proc.args[-1]))  # type: ignore[index]  # a list: the socket path comes last (start_early)
+    path.unlink(missing_ok=True)
+    try:
+        path.parent.rmdir()
+    except OSError:
+        pass
+
+
+def run_early(path: str) -> None:
+    """The early daemon: import, wait for the daemon Spark launches, become it."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)  # listening before the imports: a launched daemon waits for them, not redoes them
+    driver = os.getppid()
+    preload()
+    listener.settimeout(1.0)
+    while True:
+        try:
+            connection, _ = listener.accept()
+            break
+        except TimeoutError:
+            if os.getppid() != driver:  # the driver ended without a session that needed Python
+                return
+    listener.close()
+    os.unlink(path)
+    connection.settimeout(None)
+    payload, fds, _flags, _address = socket.recv_fds(connection, 1 << 20, 3)
+    while not payload.endswith(b"\n"):
+        chunk = connection.recv(1 << 20)
+        if not chunk:
+            return
+        payload += chunk
+    handed = json.loads(payload)
+    for number, fd in enumerate(fds):
+        os.dup2(fd, number)
+        os.close(fd)
+    os.environ.clear()
+    os.environ.update(handed["env"])
+    for entry in reversed(os.environ.get("PYTHONPATH", "").split(os.pathsep)):
+        if entry and entry not in sys.path:
+            sys.path.insert(1, entry)
+    sys.argv = handed["argv"]
+    os.chdir(handed["cwd"])
+    connection.sendall(f"{os.getpid()}\n".encode())
+    connection.close()
+    from pyspark.daemon import manager
+
+    manager()
+
+
+def hand_over(path: str) -> bool:
+    """In the daemon Spark launched: give this process's place to the early daemon and wait for
+    it to end, passing SIGTERM on. False when there is no early daemon to take over."""
+    try:
+        connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        connection.connect(path)
+    except OSError:
+        return False
+    payload = json.dumps({"env": dict(os.environ), "argv": sys.argv, "cwd": os.getcwd()}).encode() + b"\n"
+    socket.send_fds(connection, [payload], [0, 1, 2])
+    reply = b""
+    while not reply.endswith(b"\n"):
+        chunk = connection.recv(64)
+        if not chunk:
+            return False  # it ended before taking over: do the work here
+        reply += chunk
+    pid = int(reply)
+    # The early daemon reads stdin (the JVM's worker-kill requests) from now on: let go of it.
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for number in (0, 1):
+        os.dup2(devnull, number)
+    pidfd = os.pidfd_open(pid)
+
+    def pass_on(*_: object) -> None:  # Spark stops its daemon with SIGTERM
+        try:
+            signal.pidfd_send_signal(pidfd, signal.SIGTERM)
+        except OSError:  # it has ended already
+            pass
+
+    signal.signal(signal.SIGTERM, pass_on)
+    while True:
+        try:
+            if select.select([pidfd], [], [])[0]:
+                return True
+        except InterruptedError:
+            continue
+
+
+def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--early":
+        run_early(sys.argv[2])
+        return
+    early = os.environ.pop(EARLY_ENV, None)
+    if early and SUPPORTED and hand_over(early):
+        return
+    if os.environ.get("SQLINFER_DAEMON_PRELOAD", "1") != "0":
+        preload()
+    from pyspark.daemon import manager
+
+    manager()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+"""Class-data sharing for the driver JVM: Spark's classes mapped from one archive file instead of
+being loaded and verified one by one at every start.
+
+A fresh Spark driver JVM loads and verifies some 20,000 classes before its first query, most of
+the JVM's CPU in a short job. With an archive of them (the JDK's dynamic AppCDS archive,
+``-XX:SharedArchiveFile``) a session starts seconds sooner and its JVM spends about half the CPU
+before the first query (measured figures: docs/session.md and docs/performance.md).
+
+The archive belongs to the machine, not to a project: it is keyed by the java binary, PySpark's
+version and the driver's extra class path, and kept in ``$SQLINFER_JVM_CACHE`` (default
+``$XDG_CACHE_HOME/sqlinfer/jvm``, i.e. ``~/.cache/sqlinfer/jvm``; ``SQLINFER_JVM_CACHE=0`` turns
+this off). The first session without one asks its JVM to write it on exit
+(``-XX:ArchiveClassesAtExit``) under a temporary name; sqlinfer ends the JVM when the Python
+process exits and waits for it (see :func:`sqlinfer.runtime.jvm.end_jvm_at_exit`; writing the archive makes
+that one command slower, once per machine), then moves the archive into place, so a half-written archive is
+never used. An archive the JVM cannot use (another JDK, another class path) is
+ignored by the JVM, and its log lines about archives are silenced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from importlib import metadata
+from pathlib import Path
+
+ENV = "SQLINFER_JVM_CACHE"
+# The JVM's notes about classes it cannot archive, or an archive it cannot use, are not the user's.
+QUIET = "-Xlog:cds=off -Xlog:cds+dynamic=off"
+# Options that say the user manages class sharing; sqlinfer then adds none.
+USER_CDS_OPTIONS = ("SharedArchiveFile", "ArchiveClassesAtExit", "-Xshare")
+
+
+def cache_folder() -> Path | None:
+    setting = os.environ.get(ENV, "")
+    if setting == "0":
+        return None
+    if setting:
+        return Path(setting)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sqlinfer" / "jvm"
+
+
+def _java() -> Path | None:
+    """The java that spark-submit runs: $JAVA_HOME/bin/java, else the one on PATH."""
+    home = os.environ.get("JAVA_HOME")
+    found = str(Path(home) / "bin" / "java") if home else shutil.which("java")
+    return Path(found).resolve() if found and Path(found).exists() else None
+
+
+def archive_path(extra_class_path: str) -> Path | None:
+    """Where the archive for this java, PySpark and class path lives (None: sharing is off)."""
+    folder, java = cache_folder(), _java()
+    if folder is None or java is None:
+        return None
+    stat = java.stat()
+    key = "|".join([str(java), str(stat.st_mtime_ns), str(stat.st_size), metadata.version("pyspark"),
+                    extra_class_path])
+    return folder / f"spark-{hashlib.sha256(key.encode()).hexdigest()[:16]}.jsa"
+
+
+class Plan:
+    """The java options for one session, and what to do when the process ends."""
+
+    def __init__(self, archive: Path | None, write: bool) -> None:
+        self.archive = archive
+        self.write = write
+
+    @property
+    def options(self) -> str:
+        if self.archive is None:
+            return ""
+        if self.write:
+            return f"-XX:ArchiveClassesAtExit={self._temporary} {QUIET}"
+        return f"-XX:SharedArchiveFile={self.archive} {QUIET}"
+
+    @property
+    def _temporary(self) -> Path:
+        assert self.archive is not None
+        return self.archive.with_name(f"{self.archive.name}.{os.getpid()}.tmp")
+
+    @property
+    def _lock(self) -> Path:
+        assert self.archive is not None
+        return self.archive.with_name(self.archive.name + ".lock")
+
+    def abandon(self) -> None:
+        """No JVM was started with these options: let another process write the archive."""
+        if self.write:
+            self._lock.unlink(missing_ok=True)
+
+    def finish(self, exit_code: int | None) -> None:
+        """After the JVM has exited: move the archive it wrote into place (only from a clean
+        exit, so a half-written archive is never used)."""
+        if not self.write:
+            return
+        assert self.archive is not None
+        temporary = self._temporary
+        try:
+            if exit_code == 0 and temporary.is_file() and temporary.stat().st_size > 0:
+                os.replace(temporary, self.archive)
+            elif exit_code == 0:
+                # No archive from a clean exit: this JDK cannot write one. Do not ask again.
+                self.archive.with_name(self.archive.name + ".unsupported").touch()
+        except OSError:  # the archive is an optimization; never fail the exit on it
+            pass
+        finally:
+            temporary.unlink(missing_ok=True)
+            self._lock.unlink(missing_ok=True)
+
+
+def plan(user_java_options: str, extra_class_path: str = "") -> Plan:
+    """Use the archive when there is one; otherwise let this session write it, unless another
+    process is already doing that, this JDK cannot, or the user manages class sharing."""
+    if any(option in user_java_options for option in USER_CDS_OPTIONS):
+        return Plan(None, write=False)
+    archive = archive_path(extra_class_path)
+    if archive is None:
+        return Plan(None, write=False)
+    if archive.is_file():
+        return Plan(archive, write=False)
+    if archive.with_name(archive.name + ".unsupported").exists():
+        return Plan(None, write=False)
+    try:
+        archive.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale(archive)
+        lock = archive.with_name(archive.name + ".lock")
+        with open(lock, "x", encoding="utf-8") as handle:  # one writer at a time on this machine
+            handle.write(str(os.getpid()))
+    except OSError:  # another process writes it, or the cache folder is not writable
+        return Plan(None, write=False)
+    return Plan(archive, write=True)
+
+
+def _remove_stale(archive: Path) -> None:
+    """Temporary archives and locks of processes that are gone (killed before they finished)."""
+    for leftover in [*archive.parent.glob(archive.name + ".*.tmp"), archive.with_name(archive.name + ".lock")]:
+        try:
+            pid = int(leftover.read_text(encoding="utf-8") if leftover.suffix == ".lock"
+                      else leftover.name.rsplit(".", 2)[-2])
+        except (OSError, ValueError):
+            continue
+        if not _alive(pid):
+            leftover.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

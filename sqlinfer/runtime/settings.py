@@ -1,0 +1,78 @@
+"""The Spark settings of a project's session: the embedded default (``local[*]``, Hive metastore
+and warehouse under the project's ``target/``), what sqlinfer needs of any session, and the
+user's ``spark:`` / ``--conf`` on top. Pure functions: nothing here starts Spark."""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+# Rows per Arrow batch sent to a Python worker. Small batches keep worker memory flat; the
+# model's own batch size is independent of this (see docs/performance.md).
+DEFAULT_ARROW_BATCH = 16
+# PySpark's worker daemon with torch imported before it forks (sqlinfer/runtime/daemon.py).
+DAEMON_MODULE = "sqlinfer.runtime.daemon"
+# Start the Python workers and open the metastore in the background as soon as the session exists
+# (see warm_up_workers and warm_up_catalog).
+WARM_UP_WORKERS = "spark.sqlinfer.warmUpWorkers"
+LOG_CONFIG = Path(__file__).parent.parent / "resources" / "log4j2.properties"
+
+
+def session_conf(target: Path, master: str | None, conf: Mapping[str, Any]) -> dict[str, str]:
+    """Spark settings for a project whose generated files live in ``target``; ``conf`` wins."""
+    target = target.resolve()
+    base_java_options = f"-Dderby.system.home={target} -Dlog4j2.configurationFile={LOG_CONFIG}"
+    if str(master or conf.get("spark.master") or "local").startswith("local"):
+        base_java_options += " " + local_jvm_options(str(conf.get("spark.driver.extraJavaOptions", "")))
+    settings: dict[str, Any] = {
+        "spark.master": master or "local[*]",
+        "spark.app.name": "sqlinfer",
+        "spark.sql.catalogImplementation": "hive",
+        "spark.sql.warehouse.dir": str(target / "warehouse"),
+        "spark.hadoop.javax.jdo.option.ConnectionURL":
+            f"jdbc:derby:;databaseName={target / 'metastore_db'};create=true",
+        "spark.driver.extraJavaOptions": base_java_options,
+        # Python workers must run this interpreter, or they will not find its packages.
+        "spark.pyspark.python": sys.executable,
+        "spark.pyspark.driver.python": sys.executable,
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.sql.execution.arrow.maxRecordsPerBatch": DEFAULT_ARROW_BATCH,
+        # Python workers fork from a daemon that has already imported torch (sqlinfer/runtime/daemon.py):
+        # each worker starts seconds sooner.
+        "spark.python.daemon.module": DAEMON_MODULE,
+        # JDBC clients of `sqlinfer serve` see this session's UDFs only in single-session mode.
+        "spark.sql.hive.thriftServer.singleSession": "true",
+        "spark.ui.showConsoleProgress": "false",
+        WARM_UP_WORKERS: "true",
+    }
+    # Java options add up: the user's go after sqlinfer's (derby.system.home, the log4j config).
+    extra_java = conf.get("spark.driver.extraJavaOptions")
+    settings.update(conf)
+    if extra_java:
+        settings["spark.driver.extraJavaOptions"] = f"{base_java_options} {extra_java}"
+    if master:
+        settings["spark.master"] = master
+    return {key: conf_text(value) for key, value in settings.items()}
+
+
+def conf_text(value: Any) -> str:
+    """A YAML value as Spark and Hive settings spell it (``true``, not ``True``)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def local_jvm_options(user_options: str) -> str:
+    """JIT and GC settings for the embedded local JVM, which runs the tasks too.
+
+    In a model job the JVM's own work per row is small next to the Python workers', but in a
+    fresh JVM the C2 compiler and G1 spent more CPU than that work itself: about 37 s of JVM CPU
+    for a 1,000-image build, 16 s with C1 only and the parallel collector, which made the whole
+    build 20% faster on 2 cores (docs/performance.md). The user's options come later and win
+    (e.g. -XX:TieredStopAtLevel=4); a collector the user picks replaces ours.
+    """
+    options = ["-XX:TieredStopAtLevel=1"]
+    if not re.search(r"-XX:\+Use\w*GC\b", user_options):
+        options.append("-XX:+UseParallelGC")
+    return " ".join(options)

@@ -1,0 +1,63 @@
+"""Work started in the background as soon as a session exists, so the first query finds it done:
+the Python workers (their daemon imports torch) and the Hive metastore (Derby opens, or creates
+its schema)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+
+def _pass_through(batches: Iterator) -> Iterator:
+    """The warm-up UDF: runs in the Python workers and does nothing else."""
+    yield from batches
+
+
+def warm_up_workers(spark: SparkSession) -> threading.Thread:
+    """Start the Python worker daemon and a worker per task slot now, on a background thread.
+
+    The first model query otherwise waits for them: the JVM starts the daemon only when a task
+    first needs Python, and the daemon imports torch before it forks workers (sqlinfer/runtime/daemon.py).
+    Done here, that start overlaps the driver's own work (model registration, SQL compilation,
+    query planning). The warm-up is an Arrow UDF of the same kind as the model UDFs, so its
+    workers are the ones the model queries reuse (Spark keeps one worker pool per kind of
+    Python runner). Failures are ignored: the first real query then starts the workers itself.
+    """
+    def run() -> None:
+        try:
+            import warnings
+
+            from pyspark.sql.functions import ArrowUDFType, arrow_udf
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                udf = arrow_udf(_pass_through, "long", ArrowUDFType.SCALAR_ITER)
+            slots = max(1, spark.sparkContext.defaultParallelism)
+            spark.sparkContext.setLocalProperty("spark.job.description", "sqlinfer: start Python workers")
+            spark.range(slots, numPartitions=slots).select(udf("id")).collect()
+        except Exception:
+            pass
+
+    thread = threading.Thread(target=run, name="sqlinfer-warm-up", daemon=True)
+    thread.start()
+    return thread
+
+
+def warm_up_catalog(spark: SparkSession) -> threading.Thread:
+    """Open the Hive metastore now, on a background thread: its first use takes seconds (on a
+    new project, Derby creates its schema), and the first statement that needs it (compiling a
+    node, CREATE DATABASE, a table lookup) would wait for all of it. Started here, it overlaps
+    model registration and the workers' start; a statement that comes sooner waits for the rest."""
+    def run() -> None:
+        try:
+            spark.catalog.databaseExists("default")
+        except Exception:
+            pass
+
+    thread = threading.Thread(target=run, name="sqlinfer-warm-up-catalog", daemon=True)
+    thread.start()
+    return thread

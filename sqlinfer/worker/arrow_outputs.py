@@ -1,0 +1,63 @@
+"""Network outputs (a float tensor per batch) as Arrow arrays of the declared output kind.
+
+Rows that failed to decode are NULL; the arrays are built column-wise, without a Python loop per
+value, so the conversion stays a small part of a batch's time.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+# The Arrow form of models.declaration.LABEL_STRUCT, the element of `label` and `topk` outputs.
+LABEL_TYPE = pa.struct([("label", pa.string()), ("index", pa.int32()), ("score", pa.float32())])
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def _scatter(values: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """Rows of ``values`` (for the good rows only) placed at their positions among all rows."""
+    full = np.zeros((len(ok),) + values.shape[1:], dtype=values.dtype)
+    full[ok] = values
+    return full
+
+
+def _float_lists(values: np.ndarray, ok: np.ndarray) -> pa.Array:
+    width = values.shape[1] if values.ndim > 1 else 1
+    flat = _scatter(values.reshape(len(values), width).astype(np.float32, copy=False), ok)
+    offsets = pa.array(np.arange(len(ok) + 1, dtype=np.int32) * width)
+    return pa.ListArray.from_arrays(offsets, pa.array(flat.reshape(-1)), mask=pa.array(~ok))
+
+
+def _label_struct(indices: np.ndarray, scores: np.ndarray, labels: tuple[str, ...] | None,
+                  mask: np.ndarray | None) -> pa.StructArray:
+    names = np.asarray(labels, dtype=object)[indices] if labels else indices.astype(str).astype(object)
+    return pa.StructArray.from_arrays(
+        [pa.array(names, type=pa.string()), pa.array(indices.astype(np.int32)),
+         pa.array(scores.astype(np.float32))],
+        fields=list(LABEL_TYPE), mask=pa.array(mask) if mask is not None else None)
+
+
+def to_arrow(kind: str, outputs: np.ndarray, ok: np.ndarray, labels: tuple[str, ...] | None,
+             k: int) -> pa.Array:
+    """``outputs`` holds one row per good input (``ok`` marks them among all rows)."""
+    if kind in ("logits", "embedding"):
+        return _float_lists(outputs, ok)
+    probs = softmax(outputs.astype(np.float64)) if len(outputs) else outputs
+    if kind == "probabilities":
+        return _float_lists(probs, ok)
+    if kind == "label":
+        index = _scatter(probs.argmax(axis=1) if len(probs) else np.zeros(0, np.int64), ok)
+        score = _scatter(probs.max(axis=1) if len(probs) else np.zeros(0), ok)
+        return _label_struct(index, score, labels, ~ok)
+    k = min(k, outputs.shape[1]) if outputs.ndim > 1 else k
+    top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    top_scores = np.take_along_axis(probs, top, axis=1)
+    per_row = np.where(ok, k, 0)
+    offsets = pa.array(np.concatenate([[0], np.cumsum(per_row)]).astype(np.int32))
+    structs = _label_struct(top.reshape(-1), top_scores.reshape(-1), labels, None)
+    return pa.ListArray.from_arrays(offsets, structs, mask=pa.array(~ok))

@@ -1,0 +1,96 @@
+"""Batched JPEG decoding on the model's device, then resize and center crop there too.
+
+On a CUDA worker the rows of a batch that :func:`~sqlinfer.worker.jpeg.inspect_jpeg` finds whole
+and supported go to ``torchvision.io.decode_jpeg`` together (nvJPEG); every other row (PNG, CMYK,
+grayscale, truncated, over ``max_pixels``, ...) is decoded on the CPU by
+:func:`~sqlinfer.worker.decode.decode_image`, so bad rows are reported exactly as without GPU
+decoding. Sizes and order of operations are the CPU path's (torchvision's eval transforms):
+resize (shorter side, or an exact size) with antialiasing, then center crop with zero padding.
+Pixels differ from PIL's by a few levels (chroma upsampling in nvJPEG, antialiasing in torch's
+resize): ``decoder: cpu`` keeps the torchvision-exact CPU pipeline.
+
+``device`` may be ``cpu``: torchvision's CPU decoder then stands in for nvJPEG, which is how the
+routing is tested on machines without a GPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sqlinfer.models.declaration import Preprocess
+from sqlinfer.worker.decode import resize_size
+from sqlinfer.worker.jpeg import inspect_jpeg
+
+if TYPE_CHECKING:
+    import torch
+
+
+def wants_gpu_decode(pp: Preprocess | None, device: str) -> bool:
+    """Whether a batch for ``device`` decodes JPEGs on the device (``preprocess.decoder``)."""
+    if pp is None or pp.color_mode != "RGB" or pp.decoder == "cpu":
+        return False
+    return pp.decoder == "gpu" or device.startswith("cuda")
+
+
+@dataclass
+class Routed:
+    """A batch's rows split between the device decoder and the CPU."""
+
+    device_rows: list[int]
+    cpu_rows: list[int]
+
+
+def route(values: Sequence[bytes | None], pp: Preprocess) -> Routed:
+    """Rows the device decoder can take: whole, supported JPEGs within ``max_pixels``."""
+    device_rows, cpu_rows = [], []
+    for row, data in enumerate(values):
+        info = inspect_jpeg(data) if data else None
+        if info is not None and info.gpu_reason is None and info.width * info.height <= pp.max_pixels:
+            device_rows.append(row)
+        else:
+            cpu_rows.append(row)
+    return Routed(device_rows, cpu_rows)
+
+
+def decode_on_device(blobs: Sequence[bytes], pp: Preprocess, device: str) -> list[torch.Tensor] | None:
+    """Each JPEG decoded, resized and cropped on ``device``: C x H x W uint8 tensors. None when the
+    decoder refuses the batch (it fails a batch as a whole): the caller decodes the rows on the CPU."""
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    encoded = [torch.frombuffer(bytearray(blob), dtype=torch.uint8) for blob in blobs]
+    try:
+        images: list[torch.Tensor] = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
+    except RuntimeError:
+        return None
+    return [resize_and_crop(image, pp) for image in images]
+
+
+_MODES = {"bilinear": "BILINEAR", "bicubic": "BICUBIC", "nearest": "NEAREST"}
+
+
+def resize_and_crop(image: torch.Tensor, pp: Preprocess) -> torch.Tensor:
+    """torchvision's Resize + CenterCrop on a C x H x W tensor, sizes as :func:`decode_image`'s."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.v2 import functional
+
+    if pp.resize is not None:
+        width, height = resize_size(image.shape[2], image.shape[1], pp.resize)
+        if (width, height) != (image.shape[2], image.shape[1]):
+            mode = getattr(InterpolationMode, _MODES[pp.interpolation])
+            image = functional.resize(image, [height, width], interpolation=mode, antialias=True)
+    if pp.crop is not None:
+        crop_h, crop_w = (pp.crop, pp.crop) if isinstance(pp.crop, int) else pp.crop
+        image = functional.center_crop(image, [crop_h, crop_w])
+    return image
+
+
+def device_batch(rows: int, shape: tuple[int, ...], device: str) -> Any:
+    """An empty N x C x H x W uint8 batch on ``device``, channels-last like the CPU path's buffers."""
+    import torch
+
+    channels, height, width = shape
+    return torch.empty((rows, channels, height, width), dtype=torch.uint8, device=device).to(
+        memory_format=torch.channels_last)

@@ -1,0 +1,257 @@
+"""`build` on a real session: the digits project end to end, incremental scoring of new rows only,
+fingerprint-triggered rebuilds, errors that name file and line and change no table, var quoting."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import textwrap
+from pathlib import Path
+
+import pytest
+from helpers import own_database
+
+from sqlinfer import Project, SqlinferError
+
+pytestmark = pytest.mark.spark
+
+
+def rows(spark, table: str, drop: tuple[str, ...] = ()) -> list:
+    frame = spark.table(table).drop(*drop)
+    return sorted(tuple(r) for r in frame.collect())
+
+
+def node_result(project: Project, name: str) -> dict:
+    results = json.loads((project.target / "run_results.json").read_text())
+    return next(n for n in results["nodes"] if n["name"] == name)
+
+
+def test_digits_builds_every_node_twice_identically(spark, digits_copy: Path) -> None:
+    database = own_database(digits_copy)
+    project = Project.load(digits_copy)
+    lines: list[str] = []
+    first = project.build(spark, report=lines.append)
+    assert first.success, [n.message for n in first.nodes]
+    assert [n.name for n in first.nodes] == ["digit_predictions", "accuracy", "confusion_matrix",
+                                             "digit_predictions_incremental"]
+    assert {n.name: n.rows for n in first.nodes if n.rows is not None} == {
+        "digit_predictions": 1797, "digit_predictions_incremental": 1797}
+    assert any(line.startswith("[1/4] START table digit_predictions") for line in lines)
+    assert any("1,797 rows" in line and "rows/s" in line for line in lines)
+    assert lines[-1].startswith("Done in ") and "4 ok, 0 error, 0 skipped" in lines[-1]
+
+    accuracy = spark.table("accuracy").first()
+    assert accuracy.split == "test" and accuracy.images == 450
+    assert accuracy.accuracy >= 0.95
+    matrix = spark.table("confusion_matrix").collect()
+    assert len(matrix) == 10 and sum(sum(c or 0 for c in r[1:]) for r in matrix) == 450
+    assert sum(r[r.label + 1] or 0 for r in matrix) == accuracy.correct
+
+    results = json.loads((project.target / "run_results.json").read_text())
+    assert results["success"] is True
+    table = node_result(project, "digit_predictions")
+    assert table["status"] == "success" and table["rows"] == 1797 and table["rows_scored"] == 1797
+    assert table["models"] == {"digits_predict": project.resolve_models()[0].plan.fingerprint}
+    # The compiled SQL is what ran: ref() to a table names it in the project's own database.
+    source = (digits_copy / "sql" / "accuracy.sql").read_text()
+    assert (project.target / "compiled" / "accuracy.sql").read_text() == (
+        source.replace("{{ config(materialized='view') }}", "")
+        .replace("{{ ref('digit_predictions') }}", f"`{database}`.`digit_predictions`")
+        .replace("{{ var('eval_split', 'test') }}", "'test'"))
+
+    before = (rows(spark, f"{database}.digit_predictions"),
+              rows(spark, f"{database}.digit_predictions_incremental", drop=("scored_at",)))
+    second = Project.load(digits_copy).build(spark)
+    assert second.success
+    after = (rows(spark, f"{database}.digit_predictions"),
+             rows(spark, f"{database}.digit_predictions_incremental", drop=("scored_at",)))
+    assert after == before
+    assert {n.name: n.rows_scored for n in second.nodes} == {
+        "digit_predictions": 1797, "accuracy": 0, "confusion_matrix": 0, "digit_predictions_incremental": 0}
+
+
+def test_incremental_scores_only_new_rows(spark, digits_copy: Path) -> None:
+    database = own_database(digits_copy)
+    select = ("digit_predictions_incremental",)
+    assert Project.load(digits_copy).build(spark, select=select).success
+    originals = sorted((digits_copy / "data" / "images" / "test").rglob("*.png"))[:100]
+    for index, path in enumerate(originals):
+        shutil.copy(path, path.with_name(f"new_{index:03d}.png"))
+
+    result = Project.load(digits_copy).build(spark, select=select)
+    (node,) = result.nodes
+    assert node.status == "success", node.message
+    assert node.action == "appended"
+    assert node.rows == 100
+    assert node.rows_scored == 100  # rows that went through digits_predict
+    counts = spark.sql(f"SELECT count(*) AS n, count(DISTINCT path) AS keys "
+                       f"FROM {database}.digit_predictions_incremental").first()
+    assert counts.n == counts.keys == 1897
+
+    # Nothing new: nothing scored, nothing appended.
+    (node,) = Project.load(digits_copy).build(spark, select=select).nodes
+    assert (node.rows, node.rows_scored) == (0, 0)
+
+    # --full-refresh rebuilds everything.
+    (node,) = Project.load(digits_copy).build(spark, select=select, full_refresh=True).nodes
+    assert (node.action, node.rows, node.rows_scored) == ("full refresh", 1897, 1897)
+
+
+TWO_MODELS = """\
+models:
+  - name: digits
+    flavor: python
+    class: digits_net:DigitsCNN
+    weights: weights/digits_cnn.safetensors
+    preprocess: {color_mode: L, resize: [8, 8], mean: [0.5], std: [0.5]}
+  - name: digits_b
+    flavor: python
+    class: digits_net:DigitsCNN
+    weights: weights/digits_cnn.safetensors
+    preprocess: {color_mode: L, resize: [8, 8], mean: [0.5], std: [0.5]}
+    labels: [zero, one, two, three, four, five, six, seven, eight, nine]
+"""
+
+
+def test_model_change_rebuilds_only_nodes_that_use_it(spark, digits_copy: Path) -> None:
+    database = own_database(digits_copy)
+    (digits_copy / "models.yml").write_text(TWO_MODELS)
+    shutil.rmtree(digits_copy / "sql")
+    (digits_copy / "sql").mkdir()
+    for name, function in (("by_a", "digits_predict"), ("by_b", "digits_b_predict")):
+        (digits_copy / "sql" / f"{name}.sql").write_text(
+            "{{ config(materialized='incremental', unique_key='path') }}\n"
+            f"SELECT path, {function}(content).label AS pred FROM {{{{ source('digits_images') }}}}\n"
+            "WHERE split = 'test'\n")
+    assert Project.load(digits_copy).build(spark).success
+
+    (digits_copy / "models.yml").write_text(TWO_MODELS.replace("[zero, one,", "[null_, one,"))
+    result = {n.name: n for n in Project.load(digits_copy).build(spark).nodes}
+    assert result["by_b"].action == "full refresh"
+    assert "digits_b_predict changed" in result["by_b"].message
+    assert (result["by_b"].rows, result["by_b"].rows_scored) == (450, 450)
+    assert result["by_a"].action == "appended"
+    assert (result["by_a"].rows, result["by_a"].rows_scored) == (0, 0)
+    labels = {r.pred for r in spark.table(f"{database}.by_b").collect()}
+    assert "null_" in labels and "zero" not in labels
+
+
+GOOD_NODE = ("{{ config(materialized='table') }}\nSELECT path, label FROM {{ source('digits_images') }}\n"
+             "WHERE split = 'test'\n")
+
+
+@pytest.fixture()
+def built_small(spark, digits_copy: Path) -> tuple[Path, str]:
+    database = own_database(digits_copy)
+    shutil.rmtree(digits_copy / "sql")
+    (digits_copy / "sql").mkdir()
+    (digits_copy / "sql" / "base.sql").write_text(GOOD_NODE)
+    (digits_copy / "sql" / "scored.sql").write_text(
+        "{{ config(materialized='table') }}\nSELECT path, digits_predict(content).index AS pred\n"
+        "FROM {{ source('digits_images') }} WHERE label = 0\n")
+    assert Project.load(digits_copy).build(spark).success
+    return digits_copy, database
+
+
+@pytest.mark.parametrize(("file", "text", "code", "line"), [
+    ("scored.sql", "SELECT * FROM {{ ref('loop') }}\n", "dag.cycle", 1),
+    ("scored.sql", "-- a comment\nSELECT * FROM {{ ref('nope') }}\n", "sql.unknown_ref", 2),
+    ("scored.sql", "SELECT *\n\nFROM {{ source('nope') }}\n", "sql.unknown_source", 3),
+    ("scored.sql", "{{ config(materialized='table') }}\nSELECT path,\n  nosuch_predict(content)\n"
+                   "FROM {{ source('digits_images') }}\n", "sql.analysis", 3),
+    ("scored.sql", "SELECT 1\n{% if x %}\n", "sql.jinja_syntax", 2),
+    ("scored.sql", "{{ config(materialized='table') }}\nSELECT path\nFROM {{ ref('base') }}\nWHERE label = = 1\n",
+     "sql.syntax", 4),
+])
+def test_errors_name_file_and_line_and_change_no_table(spark, built_small: tuple[Path, str], file: str,
+                                                       text: str, code: str, line: int) -> None:
+    root, database = built_small
+    before = {t: rows(spark, f"{database}.{t}") for t in ("base", "scored")}
+    # `base` changes too: a build that went ahead would rebuild it with other rows.
+    (root / "sql" / "base.sql").write_text(GOOD_NODE.replace("'test'", "'train'"))
+    (root / "sql" / "loop.sql").write_text("SELECT * FROM {{ ref('scored') }}\n")
+    (root / "sql" / file).write_text(text)
+    with pytest.raises(SqlinferError) as info:
+        Project.load(root).build(spark)
+    error = info.value
+    assert error.code == code, str(error)
+    assert error.path == str(root / "sql" / file)
+    assert error.line == line, str(error)
+    assert {t: rows(spark, f"{database}.{t}") for t in ("base", "scored")} == before
+
+
+def test_failing_node_skips_descendants_and_reports_file(spark, built_small: tuple[Path, str]) -> None:
+    root, database = built_small
+    # Fails only at run time (a division by zero in ANSI mode), after the analyzer passed it.
+    (root / "sql" / "base.sql").write_text(
+        "{{ config(materialized='table') }}\n"
+        "SELECT path, 1 / (label - label) AS boom FROM {{ source('digits_images') }}\n")
+    (root / "sql" / "after.sql").write_text("{{ config(materialized='table') }}\nSELECT * FROM {{ ref('base') }}\n")
+    before = rows(spark, f"{database}.base")
+    result = {n.name: n for n in Project.load(root).build(spark).nodes}
+    assert result["base"].status == "error"
+    assert str(root / "sql" / "base.sql") in result["base"].message
+    assert result["after"].status == "skipped" and "'base'" in result["after"].message
+    assert result["scored"].status == "success"
+    assert rows(spark, f"{database}.base") == before  # the old table is still there, whole
+
+
+def test_hostile_var_selects_exactly_what_it_says(spark, tmp_path: Path) -> None:
+    values = ["x' OR '1'='1", "ends with \\", "plain", "x", "1"]
+    root = tmp_path / "quoting"
+    (root / "sql").mkdir(parents=True)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"name": values}), root / "names.parquet")
+    (root / "models.yml").write_text("models: []\n")
+    (root / "sqlinfer_project.yml").write_text(textwrap.dedent("""\
+        name: quoting
+        sources:
+          names: {format: parquet, path: names.parquet}
+        """))
+    database = own_database(root)
+    (root / "sql" / "picked.sql").write_text(
+        "{{ config(materialized='table') }}\nSELECT name FROM {{ source('names') }} WHERE name = {{ var('name') }}\n")
+    (root / "sql" / "everything.sql").write_text(
+        "{{ config(materialized='table') }}\nSELECT name FROM {{ source('names') }}\n")
+    for value in values[:2]:
+        assert Project.load(root, {"name": value}).build(spark).success
+        assert [r.name for r in spark.table(f"{database}.picked").collect()] == [value]
+        assert sorted(r.name for r in spark.table(f"{database}.everything").collect()) == sorted(values)
+
+
+def test_compile_writes_sql_and_checks_it_without_running_models(spark, digits_copy: Path) -> None:
+    own_database(digits_copy)
+    project = Project.load(digits_copy)
+    project.register(spark, views=False)
+    manifest = project.compile(spark)
+    assert set(manifest.nodes) == {"digit_predictions", "accuracy", "confusion_matrix",
+                                   "digit_predictions_incremental"}
+    compiled = (project.target / "compiled" / "accuracy.sql").read_text()
+    assert "WHERE split = 'test'" in compiled
+    assert sum(s.totals().get("rows", 0) for s in project.stats.values()) == 0
+
+    (digits_copy / "sql" / "accuracy.sql").write_text(
+        (digits_copy / "sql" / "accuracy.sql").read_text().replace("GROUP BY split", "GROUP BY splitt"))
+    with pytest.raises(SqlinferError) as info:
+        Project.load(digits_copy).compile(spark)
+    assert info.value.path == str(digits_copy / "sql" / "accuracy.sql")
+    assert info.value.line == 7
+    assert "splitt" in info.value.message
+
+
+def test_init_project_builds_out_of_the_box(spark, tmp_path: Path) -> None:
+    from sqlinfer.build.scaffold import create_project
+
+    root = create_project("fresh", tmp_path / "fresh")
+    database = own_database(root)
+    project = Project.load(root)
+    result = project.build(spark)
+    assert result.success, [n.message for n in result.nodes]
+    top3 = spark.table(f"{database}.predictions").collect()
+    assert len(top3) == 8 and all(len(r.top3) == 3 for r in top3)
+    assert spark.table("best_labels").count() == 8
+    with pytest.raises(SqlinferError) as info:
+        create_project("fresh", root)
+    assert info.value.code == "cli.exists"

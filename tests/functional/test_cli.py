@@ -1,0 +1,77 @@
+"""The command line on a real Spark session: `sql` on the digits example (printing, writing a file,
+a clear error for an unknown function), and commands that leave nothing running."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.spark
+
+SQLINFER = [sys.executable, "-m", "sqlinfer"]
+
+
+def run(*args: str, cwd: Path | None = None, **env_vars: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "SQLINFER_SPARK_LOG_LEVEL": "ERROR", **env_vars}
+    return subprocess.run([*SQLINFER, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
+
+
+def test_sql_writes_predictions_to_csv(digits_copy: Path, tmp_path: Path) -> None:
+    out = tmp_path / "preds.csv"
+    query = ("SELECT path, label, digits_predict(content) AS pred FROM digits_images "
+             "WHERE split = 'test' ORDER BY path")
+    result = run("sql", str(digits_copy), query, "--output", str(out), "--conf", "spark.ui.enabled=false",
+                 "--master", "local[2]")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"wrote 450 rows to {out}\n"
+    with open(out) as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 450
+    assert list(rows[0]) == ["path", "label", "pred"]
+    assert rows[0]["pred"].startswith('{"label":"')  # a struct column is written as JSON text in CSV
+    correct = sum(1 for r in rows if f'"index":{r["label"]},' in r["pred"])
+    assert correct / len(rows) >= 0.95
+
+
+def test_sql_unknown_function_names_the_closest_model_function(digits_copy: Path) -> None:
+    result = run("sql", str(digits_copy), "SELECT nope_predict(content) FROM digits_images",
+                 "--conf", "spark.ui.enabled=false", "--master", "local[1]")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith("error: [UNRESOLVED_ROUTINE] Cannot resolve routine `nope_predict`"), error
+    assert error.endswith(" (did you mean 'digits_predict'?) (the project's model functions: digits_predict) "
+                          "[sql.analysis]"), error
+
+
+def own_processes(marker: str) -> list[str]:
+    """Command lines of running processes that mention ``marker`` (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if marker in command:
+                found.append(command)
+    return found
+
+
+def test_commands_run_back_to_back_and_leave_nothing_running(digits_copy: Path, tmp_path: Path) -> None:
+    """A command ends its JVM (and the worker daemon) before it returns: the next command on the
+    project finds the embedded metastore free at once, and no process of it is left."""
+    own_tmp = tmp_path / "tmp"  # the early daemon's socket folder goes here, away from other runs'
+    own_tmp.mkdir()
+    for _ in range(2):
+        result = run("sql", str(digits_copy), "SHOW TABLES", "--conf", "spark.ui.enabled=false",
+                     TMPDIR=str(own_tmp))
+        assert result.returncode == 0, result.stderr
+        assert "digits_images" in result.stdout
+        assert own_processes(str(digits_copy)) == []  # no JVM (its command line names target/)
+        assert sorted(own_tmp.glob("sqlinfer-daemon-*")) == []  # early daemon's folder removed

@@ -1,0 +1,445 @@
+"""`sqlinfer serve` end to end: real server processes over copies of projects/digits, real clients
+(beeline from the pyspark package, PyHive through sqlinfer.client), real signals, and the failures a
+user meets (port taken, metastore in use, a JVM that refuses to start). The checks that need no JVM
+(settings, unsafe binds, URLs) are in tests/unit/test_serve.py.
+
+Order matters and is the file's order: the shared server's SIGTERM test ends its section, so that
+the CPU is free for the servers that the later tests start.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import pytest
+
+from sqlinfer.client import connect
+from sqlinfer.errors import SqlinferError
+from sqlinfer.serve.server import beeline_path
+
+pytestmark = pytest.mark.spark
+
+REPO = Path(__file__).resolve().parents[2]
+DIGITS = REPO / "projects" / "digits"
+SQLINFER = str(Path(sys.executable).with_name("sqlinfer"))
+BEELINE = str(beeline_path())
+QUERY = "SELECT digits_predict(content).label FROM digits_images LIMIT 5"
+# The table `sqlinfer build` makes from projects/digits/sql/digit_predictions.sql, and two of its columns.
+BUILT_TABLE, BUILT_PATH, BUILT_PREDICTION = "digit_predictions", "path", "predicted"
+START_TIMEOUT_S = 240
+QUERY_TIMEOUT_S = 180
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+
+def copy_digits(dest: Path, *, with_sql: bool = True) -> Path:
+    """A private copy of projects/digits with its 450 test-split images (the 1,347 training images
+    would only make each full scan slower); without ``sql/`` it has no view nodes that need a build."""
+    ignore = ["target", "__pycache__", "train"] + ([] if with_sql else ["sql"])
+    shutil.copytree(DIGITS, dest, ignore=shutil.ignore_patterns(*ignore))
+    return dest
+
+
+def build_tables(project: Path) -> None:
+    """Materialize the table the clients query, with `sqlinfer build` (only that node, for time)."""
+    result = run_sqlinfer("build", str(project), "--select", BUILT_TABLE, "--conf", "spark.ui.enabled=false",
+                          timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+
+
+def run_sqlinfer(*args: str, timeout: float = 120, env: dict[str, str] | None = None
+                 ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([SQLINFER, *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def java_that_records(folder: Path) -> tuple[dict[str, str], Path]:
+    """An environment whose ``java`` only records that it was started (and fails), and that record."""
+    marker = folder / "java-started"
+    (folder / "bin").mkdir(parents=True)
+    java = folder / "bin" / "java"
+    java.write_text(f'#!/bin/sh\necho "$0 $*" >> "{marker}"\nexit 1\n')
+    java.chmod(0o755)
+    return {**os.environ, "JAVA_HOME": str(folder), "PATH": f"{folder / 'bin'}:{os.environ['PATH']}"}, marker
+
+
+def sqlinfer_sql_column(project: Path, query: str) -> list[str]:
+    """The one column of `sqlinfer sql`'s printed table (header, rule, rows, 'N rows')."""
+    result = run_sqlinfer("sql", str(project), query, "--conf", "spark.ui.enabled=false", timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    count = int(re.match(r"(\d+) rows", lines[-1]).group(1))  # type: ignore[union-attr]
+    return [line.strip() for line in lines[2:2 + count]]
+
+
+@dataclass
+class Served:
+    """A `sqlinfer serve` process in its own process group, with what it printed."""
+
+    proc: subprocess.Popen[str]
+    stderr_path: Path
+    lines: list[str] = field(default_factory=list)
+    ready: threading.Event = field(default_factory=threading.Event)
+    reader: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return next(line.split("JDBC URL:", 1)[1].strip() for line in self.lines if "JDBC URL:" in line)
+
+    @property
+    def port(self) -> int:
+        return int(re.match(r"jdbc:hive2://[^/]+:(\d+)/", self.url).group(1))  # type: ignore[union-attr]
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """Cleanup after a failure: the whole group (sqlinfer, its JVM, Python workers)."""
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc.wait(timeout=30)
+
+
+def start_serve(project: Path, log_dir: Path, *args: str) -> Served:
+    """Start `sqlinfer serve` on a free loopback port (``--port 0``); do not wait for it."""
+    stderr_path = log_dir / f"serve-{project.name}.stderr"
+    proc = subprocess.Popen([SQLINFER, "serve", str(project), "--port", "0", "--conf", "spark.ui.enabled=false",
+                             *args], stdout=subprocess.PIPE, stderr=stderr_path.open("w"), text=True,
+                            start_new_session=True)
+    served = Served(proc, stderr_path)
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            served.lines.append(line.rstrip("\n"))
+            if line.startswith("Stop with"):
+                served.ready.set()
+
+    served.reader = threading.Thread(target=read, daemon=True)
+    served.reader.start()
+    return served
+
+
+def wait_ready(served: Served) -> Served:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not served.ready.wait(0.5):
+        if served.proc.poll() is not None or time.monotonic() > deadline:
+            served.kill()
+            pytest.fail(f"sqlinfer serve did not start (exit {served.proc.returncode}):\n"
+                        + "\n".join(served.lines) + "\n" + served.stderr()[-4000:])
+    return served
+
+
+def beeline(url: str, sql: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([BEELINE, "-u", url, "--silent=true", "--showHeader=false", "--outputformat=csv2",
+                           *args, "-e", sql], capture_output=True, text=True, timeout=QUERY_TIMEOUT_S)
+
+
+def beeline_rows(result: subprocess.CompletedProcess[str]) -> list[str]:
+    """Result rows; beeline echoes its prompt in front of the first one even when silent."""
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    rows = [re.sub(r"^\d+: jdbc:hive2://\S+> ", "", line) for line in result.stdout.splitlines()]
+    return [row for row in rows if row.strip()]
+
+
+def query(port: int, sql: str, **kwargs: object) -> list[tuple]:
+    kwargs.setdefault("timeout_s", QUERY_TIMEOUT_S)
+    with connect("127.0.0.1", port, **kwargs) as conn:  # type: ignore[arg-type]
+        cursor = conn.cursor()
+        cursor.execute(sql)
+        return cursor.fetchall()
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def process_tree(pid: int) -> list[psutil.Process]:
+    root = psutil.Process(pid)
+    return [root, *root.children(recursive=True)]
+
+
+def assert_all_gone(processes: list[psutil.Process]) -> None:
+    _, alive = psutil.wait_procs(processes, timeout=30)
+    assert not alive, f"left behind: {[(p.pid, p.name()) for p in alive]}"
+
+
+def group_members(pgid: int) -> list[int]:
+    """Processes still in the process group that `start_serve` made (sqlinfer, JVM, workers)."""
+    members = []
+    for process in psutil.process_iter():
+        try:
+            if os.getpgid(process.pid) == pgid and process.status() != psutil.STATUS_ZOMBIE:
+                members.append(process.pid)
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return members
+
+
+# --- the shared server over a built project ------------------------------------------------------------
+
+@dataclass
+class Digits:
+    project: Path
+    expected_labels: list[str]
+    server: Served
+
+
+@pytest.fixture(scope="module")
+def spare(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy without view nodes: usable without a build, and for the start-up failures."""
+    return copy_digits(tmp_path_factory.mktemp("spare") / "digits", with_sql=False)
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory: pytest.TempPathFactory, spare: Path) -> Iterator[Digits]:
+    root = tmp_path_factory.mktemp("serve")
+    project = copy_digits(root / "digits")
+    # The labels `sqlinfer sql` gives come from the spare copy (same images, same model): it needs
+    # no build, so it runs beside the build (each copy has its own metastore).
+    with ThreadPoolExecutor(2) as pool:
+        expected = pool.submit(sqlinfer_sql_column, spare, QUERY)
+        pool.submit(build_tables, project).result()
+        labels = expected.result()
+    server = wait_ready(start_serve(project, root))
+    yield Digits(project, labels, server)
+    server.kill()
+
+
+def test_beeline_gets_the_labels_that_sqlinfer_sql_gets(digits: Digits) -> None:
+    assert len(digits.expected_labels) == 5
+    assert set(digits.expected_labels) <= set("0123456789")
+    assert digits.server.url == f"jdbc:hive2://127.0.0.1:{digits.server.port}/default"
+    assert beeline_rows(beeline(digits.server.url, QUERY)) == digits.expected_labels
+
+
+def test_dbapi_client_gets_the_labels_that_sqlinfer_sql_gets(digits: Digits) -> None:
+    assert [row[0] for row in query(digits.server.port, QUERY)] == digits.expected_labels
+
+
+def test_dbapi_client_reads_the_built_table(digits: Digits) -> None:
+    port = digits.server.port
+    images = len(list((digits.project / "data" / "images").rglob("*.png")))
+    assert images == 450
+    [(rows, predicted)] = query(port, f"SELECT count(*), count({BUILT_PREDICTION}) FROM {BUILT_TABLE}")
+    assert rows == predicted == images
+    assert {name for (_, name, *_rest) in query(port, "SHOW TABLES")} >= {BUILT_TABLE, "digits_images"}
+
+
+def test_two_connections_at_once_both_get_correct_results(digits: Digits) -> None:
+    port = digits.server.port
+    expected = {digit: dict(query(port, f"SELECT {BUILT_PATH}, {BUILT_PREDICTION} FROM {BUILT_TABLE} "
+                                        f"WHERE label = {digit}")) for digit in (3, 7)}
+    both_open = threading.Barrier(2, timeout=QUERY_TIMEOUT_S)
+
+    def predict(digit: int) -> dict[str, str]:
+        with connect("127.0.0.1", port, timeout_s=QUERY_TIMEOUT_S) as conn:
+            cursor = conn.cursor()
+            both_open.wait()  # both sessions are open before either query runs
+            cursor.execute(f"SELECT path, digits_predict(content).label FROM digits_images WHERE label = {digit}")
+            return dict(cursor.fetchall())
+
+    with ThreadPoolExecutor(2) as pool:
+        results = dict(zip((3, 7), pool.map(predict, (3, 7)), strict=True))
+    for digit in (3, 7):
+        assert len(results[digit]) > 30  # about 45 test images of each digit
+        assert results[digit] == expected[digit]
+
+
+def test_a_second_server_on_the_project_names_the_metastore_and_its_holder(digits: Digits, tmp_path: Path) -> None:
+    env, java_started = java_that_records(tmp_path / "java")
+    result = run_sqlinfer("serve", str(digits.project), "--port", "0", env=env)
+    assert result.returncode == 1
+    assert not java_started.exists()  # refused before a JVM starts, not after the metastore's retries
+    pid = digits.server.proc.pid
+    command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    assert f" {SQLINFER} serve {digits.project} --port 0 " in command  # the shared server
+    command = command if len(command) <= 160 else command[:157] + "..."
+    assert result.stderr == (
+        f"error: the project's metastore {digits.project / 'target' / 'metastore_db'} is in use by another "
+        f"process (pid {pid}: {command}). The embedded Derby metastore allows one process at a time: stop that "
+        "process (a `sqlinfer serve`, `sql` or `build` on this project) and run `sqlinfer serve` again. While "
+        "`sqlinfer serve` runs, query through it (beeline, sqlinfer.client.connect) instead of running other "
+        "sqlinfer commands on the project. [metastore.locked]\n")
+
+
+def test_port_in_use_is_an_error_naming_the_port(digits: Digits, spare: Path) -> None:
+    result = run_sqlinfer("serve", str(spare), "--port", str(digits.server.port))
+    assert result.returncode == 1
+    assert f"port {digits.server.port} on 127.0.0.1 is already in use" in result.stderr
+    assert "--port 0" in result.stderr
+
+
+def test_sigterm_stops_the_server_frees_the_port_and_leaves_no_process(digits: Digits) -> None:
+    server = digits.server
+    tree = process_tree(server.proc.pid)
+    assert any("java" in p.name() for p in tree)
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(timeout=60) == 0, server.stderr()[-3000:]
+    assert server.reader is not None
+    server.reader.join(timeout=10)  # it has read everything once stdout is closed
+    assert server.lines[-1] == f"sqlinfer serve: stopped; port {server.port} released"
+    assert_all_gone(tree)
+    assert group_members(server.proc.pid) == []
+    assert port_is_free(server.port)
+    assert "Traceback" not in server.stderr()
+
+
+# --- authentication, TLS and the http transport ---------------------------------------------------------
+
+USER, PASSWORD, KEYSTORE_PASSWORD = "alice", "wonderland", "ks-secret-4721"
+AUTH_CLASS = """package sqlinfertest;
+import javax.security.sasl.AuthenticationException;
+import org.apache.hive.service.auth.PasswdAuthenticationProvider;
+public class StaticAuth implements PasswdAuthenticationProvider {
+  public void Authenticate(String user, String password) throws AuthenticationException {
+    if (!"alice".equals(user) || !"wonderland".equals(password)) throw new AuthenticationException("denied");
+  }
+}
+"""
+
+
+@dataclass
+class Secured:
+    https_custom: Served  # http transport + TLS + CUSTOM authentication, set in the project file
+    tls_nosasl: Served  # binary transport + TLS + NOSASL, set on the command line
+    wrong_password: Served  # TLS with a wrong keystore password: the JVM side refuses to start
+    ca_pem: Path
+    truststore: Path
+
+
+def make_auth_jar(folder: Path) -> Path:
+    source = folder / "src" / "sqlinfertest" / "StaticAuth.java"
+    source.parent.mkdir(parents=True)
+    source.write_text(AUTH_CLASS)
+    jars = beeline_path().parent.parent / "jars"
+    subprocess.run(["javac", "-d", str(folder / "classes"), "-cp", f"{jars}/*", str(source)], check=True)
+    subprocess.run(["jar", "cf", str(folder / "auth.jar"), "-C", str(folder / "classes"), "."], check=True)
+    return folder / "auth.jar"
+
+
+def make_keystores(folder: Path) -> tuple[Path, Path, Path]:
+    """A self-signed certificate for 127.0.0.1: server keystore, CA file (Python), truststore (beeline)."""
+    keystore, pem, truststore = folder / "server.p12", folder / "server.pem", folder / "trust.p12"
+    common = ["-storetype", "PKCS12", "-noprompt"]
+    subprocess.run(["keytool", "-genkeypair", "-alias", "sqlinfer", "-keyalg", "RSA", "-keysize", "2048",
+                    "-validity", "2", "-dname", "CN=localhost", "-ext", "SAN=ip:127.0.0.1,dns:localhost",
+                    "-keystore", str(keystore), "-storepass", KEYSTORE_PASSWORD, *common],
+                   check=True, capture_output=True)
+    subprocess.run(["keytool", "-exportcert", "-rfc", "-alias", "sqlinfer", "-keystore", str(keystore),
+                    "-storepass", KEYSTORE_PASSWORD, "-file", str(pem)], check=True, capture_output=True)
+    subprocess.run(["keytool", "-importcert", "-alias", "sqlinfer", "-file", str(pem), "-keystore", str(truststore),
+                    "-storepass", "changeit", *common], check=True, capture_output=True)
+    return keystore, pem, truststore
+
+
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory: pytest.TempPathFactory, spare: Path) -> Iterator[Secured]:
+    if not (shutil.which("javac") and shutil.which("jar") and shutil.which("keytool")):
+        pytest.skip("needs a JDK (javac, jar, keytool) to build the auth provider and the keystore")
+    root = tmp_path_factory.mktemp("secured")
+    jar = make_auth_jar(root / "auth")
+    keystore, pem, truststore = make_keystores(root)
+    https_project = copy_digits(root / "https", with_sql=False)
+    project_file = https_project / "sqlinfer_project.yml"
+    project_file.write_text(project_file.read_text() + f"""serve:
+  hive.server2.transport.mode: http
+  hive.server2.use.SSL: true
+  hive.server2.keystore.path: {keystore}
+  hive.server2.authentication: CUSTOM
+  hive.server2.custom.authentication.class: sqlinfertest.StaticAuth
+""")
+    tls_project = copy_digits(root / "tls", with_sql=False)
+    tls = ("--conf", "hive.server2.use.SSL=true", "--conf", f"hive.server2.keystore.path={keystore}")
+    # All three start at once: their JVM start-ups overlap.
+    https_custom = start_serve(https_project, root, "--conf", f"hive.server2.keystore.password={KEYSTORE_PASSWORD}",
+                               "--conf", f"spark.driver.extraClassPath={jar}")
+    tls_nosasl = start_serve(tls_project, root, *tls, "--conf", f"hive.server2.keystore.password={KEYSTORE_PASSWORD}",
+                             "--conf", "hive.server2.authentication=NOSASL")
+    wrong_password = start_serve(spare, root, *tls, "--conf", "hive.server2.keystore.password=not-the-password")
+    try:
+        wrong_password.proc.wait(timeout=START_TIMEOUT_S)
+        yield Secured(wait_ready(https_custom), wait_ready(tls_nosasl), wrong_password, pem, truststore)
+    finally:
+        for served in (https_custom, tls_nosasl, wrong_password):
+            served.kill()
+
+
+def test_a_start_failure_in_the_jvm_is_a_clear_error(secured: Secured) -> None:
+    served = secured.wrong_password
+    assert served.proc.returncode == 1
+    error = served.stderr().strip().splitlines()[-1]
+    assert error.startswith("error: the Thrift server did not start:"), served.stderr()[-3000:]
+    assert "UnrecoverableKeyException" in error
+    assert error.endswith("(check hive.server2.keystore.path and hive.server2.keystore.password) [serve.start_failed]")
+    assert not any("JDBC URL" in line for line in served.lines)
+    assert group_members(served.proc.pid) == []  # no JVM left behind
+
+
+def test_https_custom_auth_printed_url_works_in_beeline(secured: Secured) -> None:
+    server = secured.https_custom
+    assert server.url == (f"jdbc:hive2://127.0.0.1:{server.port}/default;"
+                          "transportMode=http;httpPath=cliservice;ssl=true")
+    url = f"{server.url};sslTrustStore={secured.truststore};trustStorePassword=changeit"
+    assert beeline_rows(beeline(url, "SELECT count(*) FROM digits_images", "-n", USER, "-p", PASSWORD)) == [
+        str(len(list((DIGITS / "data" / "images" / "test").rglob("*.png"))))]
+
+
+def test_https_custom_auth_with_the_python_client(secured: Secured, digits: Digits) -> None:
+    port = secured.https_custom.port
+    login = {"transport": "http", "ssl": True, "ca_file": str(secured.ca_pem), "auth": "CUSTOM",
+             "username": USER}
+    assert [row[0] for row in query(port, QUERY, password=PASSWORD, **login)] == digits.expected_labels
+    # The keystore password is a JVM system property, never a session setting a client can read.
+    [(_key, shown)] = query(port, "SET hive.server2.keystore.password", password=PASSWORD, **login)
+    assert KEYSTORE_PASSWORD not in shown
+    with pytest.raises(SqlinferError, match="cannot connect") as denied:
+        query(port, "SELECT 1", password="wrong", **login)
+    assert denied.value.code == "client.connect_failed"
+    with pytest.raises(SqlinferError, match="CERTIFICATE_VERIFY_FAILED"):
+        query(port, "SELECT 1", password=PASSWORD, **{**login, "ca_file": None})
+
+
+def test_binary_tls_nosasl_with_beeline_and_python(secured: Secured) -> None:
+    server = secured.tls_nosasl
+    assert server.url == f"jdbc:hive2://127.0.0.1:{server.port}/default;auth=noSasl;ssl=true"
+    url = f"{server.url};sslTrustStore={secured.truststore};trustStorePassword=changeit"
+    assert beeline_rows(beeline(url, "SELECT 40 + 2", "-n", USER)) == ["42"]
+    rows = query(server.port, "SHOW TABLES", auth="NOSASL", ssl=True, ca_file=str(secured.ca_pem))
+    assert "digits_images" in {name for (_, name, *_rest) in rows}
+    with pytest.raises(SqlinferError):  # a client without TLS does not get in
+        query(server.port, "SELECT 1", auth="NOSASL", timeout_s=10)  # type: ignore[arg-type]
+
+
+def test_signals_to_the_group_or_ctrl_c_stop_cleanly(secured: Secured) -> None:
+    # systemd and `timeout` signal the whole group (the JVM too); Ctrl-C sends SIGINT.
+    for server, stop in ((secured.https_custom, lambda p: os.killpg(p.pid, signal.SIGTERM)),
+                         (secured.tls_nosasl, lambda p: p.send_signal(signal.SIGINT))):
+        tree = process_tree(server.proc.pid)
+        stop(server.proc)
+        assert server.proc.wait(timeout=60) == 0, server.stderr()[-3000:]
+        assert_all_gone(tree)
+        assert group_members(server.proc.pid) == []
+        assert port_is_free(server.port)
+        assert "Traceback" not in server.stderr()

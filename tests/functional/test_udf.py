@@ -1,0 +1,263 @@
+"""Model UDFs on a real local[2] SparkSession: results equal plain PyTorch, one model build per
+worker process, every output kind with its Spark type, and bad rows as NULL (or a failed query)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from helpers import bomb_png, jpeg_bytes, png_bytes, save_random_resnet18, write_images, write_project
+from PIL import Image
+from safetensors.torch import load_file
+
+from sqlinfer import Project
+
+pytestmark = pytest.mark.spark
+
+MODELS = """\
+models:
+  - name: r18
+    flavor: torchvision
+    architecture: resnet18
+    weights: weights/r18.safetensors
+    preprocess: {resize: 72, crop: 64}
+    output: logits
+    batch_size: 7
+  - name: r18_probs
+    flavor: torchvision
+    architecture: resnet18
+    weights: weights/r18.safetensors
+    preprocess: {resize: 72, crop: 64}
+    output: probabilities
+  - name: r18_label
+    flavor: torchvision
+    architecture: resnet18
+    weights: weights/r18.safetensors
+    preprocess: {resize: 72, crop: 64}
+    output: label
+  - name: r18_top
+    flavor: torchvision
+    architecture: resnet18
+    weights: weights/r18.safetensors
+    preprocess: {resize: 72, crop: 64}
+    output: topk
+    k: 3
+  - name: r18_embed
+    flavor: torchvision
+    architecture: resnet18
+    weights: weights/r18.safetensors
+    preprocess: {resize: 72, crop: 64}
+    output: embedding
+  - name: r18_strict
+    flavor: torchvision
+    architecture: resnet18
+    weights: weights/r18.safetensors
+    preprocess: {resize: 72, crop: 64}
+    output: label
+    on_error: fail
+  - name: tiny_small_limit
+    flavor: torchvision
+    architecture: resnet18
+    weights: weights/r18.safetensors
+    preprocess: {resize: 72, crop: 64, max_pixels: 3000}
+    output: label
+  - name: lin
+    flavor: torchscript
+    weights: weights/lin.pt
+    input: tensor
+    shape: [2, 3]
+    output: logits
+"""
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory, spark) -> Project:
+    root = write_project(tmp_path_factory.mktemp("udf") / "p", MODELS)
+    (root / "weights").mkdir()
+    save_random_resnet18(root / "weights" / "r18.safetensors")
+    torch.manual_seed(1)
+    torch.jit.save(torch.jit.script(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(6, 4))),
+                   str(root / "weights" / "lin.pt"))
+    loaded = Project.load(root)
+    loaded.register(spark)
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory, spark) -> Path:
+    folder = tmp_path_factory.mktemp("jpegs")
+    write_images(folder, 216)
+    frame = spark.read.format("binaryFile").load(str(folder)).repartition(9)
+    frame.createOrReplaceTempView("jpegs")
+    return folder
+
+
+def reference_network(root: Path) -> torch.nn.Module:
+    model = torchvision.models.resnet18()
+    model.load_state_dict(load_file(str(root / "weights" / "r18.safetensors")))
+    return model.eval()
+
+
+def reference_inputs(blobs: list[bytes]) -> torch.Tensor:
+    """The classic torchvision eval pipeline, as a user would write it without sqlinfer."""
+    from torchvision import transforms
+
+    pipeline = transforms.Compose([transforms.Resize(72), transforms.CenterCrop(64), transforms.ToTensor(),
+                                   transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    return torch.stack([pipeline(Image.open(io.BytesIO(b)).convert("RGB")) for b in blobs])
+
+
+def test_logits_equal_plain_pytorch_and_one_build_per_worker(spark, project: Project, images: Path) -> None:
+    stats = project.stats["r18_predict"]
+    frame = spark.sql("SELECT path, content, r18_predict(content) AS logits FROM jpegs")
+    assert frame.rdd.getNumPartitions() >= 8
+    rows = frame.collect()
+    assert len(rows) == 216
+
+    with torch.inference_mode():
+        expected = reference_network(project.root)(reference_inputs([r.content for r in rows])).numpy()
+    actual = np.array([r.logits for r in rows], dtype=np.float32)
+    assert actual.shape == (216, 1000)
+    np.testing.assert_allclose(actual, expected, atol=1e-4, rtol=0)
+
+    builds = stats.per_process("builds")
+    workers = stats.per_process("batches")  # every process that scored at least one batch
+    assert stats.totals()["rows"] == 216
+    assert len(workers) >= 1
+    assert sum(builds.values()) <= len(workers)
+    assert all(count == 1 for count in builds.values())
+    # batch_size 7 holds whatever Arrow's batch size (16 rows per Arrow batch here).
+    assert stats.totals()["batches"] >= 216 / 7
+
+    # A second query in the same session builds nothing again.
+    builds_before = stats.totals()["builds"]
+    assert spark.sql("SELECT r18_predict(content) FROM jpegs").count() == 216
+    assert spark.sql("SELECT count(r18_predict(content)) FROM jpegs").first()[0] == 216
+    assert stats.totals()["builds"] == builds_before
+
+
+def test_output_kinds_and_spark_types(spark, project: Project, images: Path) -> None:
+    frame = spark.sql("""
+        SELECT content, r18_probs_predict(content) AS probs, r18_label_predict(content) AS label,
+               r18_top_predict(content) AS top, r18_embed_predict(content) AS embed
+        FROM jpegs ORDER BY path LIMIT 12""")
+    types = {f.name: f.dataType.simpleString() for f in frame.schema.fields}
+    assert types["probs"] == "array<float>"
+    assert types["label"] == "struct<label:string,index:int,score:float>"
+    assert types["top"] == "array<struct<label:string,index:int,score:float>>"
+    assert types["embed"] == "array<float>"
+    rows = frame.collect()
+
+    network = reference_network(project.root)
+    features: list[torch.Tensor] = []
+    network.fc.register_forward_hook(lambda _m, inputs, _o: features.append(inputs[0]))
+    with torch.inference_mode():
+        probs = torch.softmax(network(reference_inputs([r.content for r in rows])), dim=1).numpy()
+    categories = torchvision.models.ResNet18_Weights.DEFAULT.meta["categories"]
+    for row, expected, embedding in zip(rows, probs, features[0].numpy(), strict=True):
+        assert sum(row.probs) == pytest.approx(1.0, abs=1e-4)
+        np.testing.assert_allclose(row.probs, expected, atol=1e-5)
+        best = int(expected.argmax())
+        assert row.label["index"] == best
+        assert row.label.label == categories[best]
+        assert row.label.score == pytest.approx(float(expected[best]), abs=1e-5)
+        order = np.argsort(-expected)[:3]
+        assert [t["index"] for t in row.top] == [int(i) for i in order]
+        assert [t.label for t in row.top] == [categories[int(i)] for i in order]
+        assert row.top[0].score >= row.top[1].score >= row.top[2].score
+        assert len(row.embed) == 512
+        np.testing.assert_allclose(row.embed, embedding, atol=1e-4)
+
+
+BAD_INPUTS = {
+    "empty": b"",
+    "garbage": b"this is not an image at all" * 10,
+    "truncated": jpeg_bytes(7, 200, 150)[:400],
+    "bomb": bomb_png(),
+}
+
+
+@pytest.fixture(scope="module")
+def mixed(spark, project: Project) -> list:
+    """Good JPEG/PNG rows with every kind of bad row between them, in one partition and batch."""
+    good = [(f"good_jpeg_{i}", jpeg_bytes(100 + i)) for i in range(5)] + [("good_png", png_bytes(3))]
+    rows = good[:3] + list(BAD_INPUTS.items()) + good[3:] + [("null", None)]
+    frame = spark.createDataFrame(rows, "name string, content binary").coalesce(1)
+    frame.createOrReplaceTempView("mixed")
+    return rows
+
+
+def test_bad_rows_are_null_and_good_rows_unchanged(spark, project: Project, mixed: list) -> None:
+    stats = project.stats["r18_label_predict"]
+    bad_before = stats.totals().get("bad_rows", 0)
+    frame = spark.sql("SELECT name, r18_label_predict(content) AS label FROM mixed")
+    result = {r.name: r.label for r in frame.collect()}
+    for name in (*BAD_INPUTS, "null"):
+        assert result[name] is None, name
+    good = [(n, c) for n, c in mixed if n.startswith("good")]
+    alone = spark.createDataFrame(good, "name string, content binary").coalesce(1)
+    expected = {r.name: r.label for r in alone.selectExpr("name", "r18_label_predict(content) AS label").collect()}
+    assert {n: result[n] for n in expected} == expected
+    assert all(v is not None for v in expected.values())
+    assert stats.totals()["bad_rows"] - bad_before == len(BAD_INPUTS) + 1
+
+
+def test_max_pixels_makes_large_images_null(spark, project: Project) -> None:
+    frame = spark.createDataFrame([("small", jpeg_bytes(1, 50, 40)), ("large", jpeg_bytes(2, 80, 60))],
+                                  "name string, content binary")
+    result = {r.name: r.p for r in frame.selectExpr("name", "tiny_small_limit_predict(content) AS p").collect()}
+    assert result["small"] is not None
+    assert result["large"] is None
+
+
+def test_on_error_fail_names_model_and_kind(spark, project: Project, mixed: list) -> None:
+    from sqlinfer.runtime.spark_errors import translate
+
+    with pytest.raises(Exception) as info:
+        spark.sql("SELECT r18_strict_predict(content) FROM mixed").collect()
+    error = translate(info.value)
+    assert error is not None
+    assert error.code == "udf.failed"
+    # Row 3 of the one partition is the first bad row: the empty one after three good ones.
+    assert error.message == ("model 'r18_strict' (r18_strict_predict): bad input at row 3 of this task: empty: "
+                             "no image bytes (on_error: fail; use on_error: null to get NULL for such rows)")
+
+
+def test_tensor_input_and_wrong_length_rows(spark, project: Project) -> None:
+    network = torch.jit.load(str(project.root / "weights" / "lin.pt"))
+    good = [[float(i + j) for j in range(6)] for i in range(5)]
+    rows = [(0, good[0]), (1, [1.0, 2.0]), (2, good[1]), (3, None), (4, good[2]), (5, good[3] + [9.0]), (6, good[4]),
+            (7, [1.0, None, 3.0, 4.0, 5.0, 6.0])]
+    frame = spark.createDataFrame(rows, "id int, x array<float>")
+    result = {r.id: r.y for r in frame.selectExpr("id", "lin_predict(x) AS y").collect()}
+    assert [row_id for row_id in sorted(result) if result[row_id] is None] == [1, 3, 5, 7]
+    with torch.inference_mode():
+        expected = network(torch.tensor(good).view(5, 2, 3)).numpy()
+    for row_id, index in {0: 0, 2: 1, 4: 2, 6: 4}.items():
+        np.testing.assert_allclose(result[row_id], expected[index], atol=1e-5)
+
+
+def test_workers_fork_from_the_early_daemon(spark) -> None:
+    """On a local master the worker daemon was started with the session, torch already imported,
+    and the daemon Spark launched handed its place to it (sqlinfer/runtime/daemon.py)."""
+    import pyarrow as pa
+    from pyspark.sql.functions import ArrowUDFType, arrow_udf
+
+    def parent_command(batches):
+        import os
+        import sys
+
+        command = open(f"/proc/{os.getppid()}/cmdline", "rb").read().replace(b"\0", b" ").decode()
+        preloaded = "torch" in sys.modules  # imported before this worker was forked
+        for batch in batches:
+            yield pa.array([f"{command} | torch={preloaded}"] * len(batch))
+
+    udf = arrow_udf(parent_command, "string", ArrowUDFType.SCALAR_ITER)
+    rows = {r[0] for r in spark.range(4, numPartitions=2).select(udf("id")).collect()}
+    assert len(rows) >= 1
+    for row in rows:
+        assert "sqlinfer.runtime.daemon --early" in row and row.endswith("torch=True"), row

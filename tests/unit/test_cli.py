@@ -1,0 +1,72 @@
+"""The command line without Spark: help that imports nothing heavy, `models` on the digits example,
+and a bad declaration reported with its location."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+SQLINFER = [sys.executable, "-m", "sqlinfer"]
+HEAVY = ("torch", "torchvision", "pyspark", "py4j", "pandas", "pyarrow", "numpy", "PIL", "jinja2", "pydantic",
+         "yaml", "safetensors")
+HELP_PROBE = """
+import sys
+from sqlinfer.cli import main
+try:
+    main(sys.argv[1:], prog_name="sqlinfer")
+except SystemExit as done:
+    assert done.code == 0, done.code
+print(sorted(m for m in {heavy!r} if m in sys.modules), file=sys.stderr)
+"""
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "SQLINFER_SPARK_LOG_LEVEL": "ERROR"}
+    return subprocess.run([*SQLINFER, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
+
+
+def invoke(*args: str) -> Result:
+    """The command in this process (torch is imported once per test run, not once per command)."""
+    from sqlinfer.cli import main
+
+    return CliRunner().invoke(main, list(args), prog_name="sqlinfer")
+
+
+def test_help_lists_the_commands() -> None:
+    result = run("--help")
+    assert result.returncode == 0, result.stderr
+    commands = [line.split()[0] for line in result.stdout.split("Commands:", 1)[1].splitlines() if line.strip()]
+    assert commands == ["build", "compile", "init", "ls", "models", "serve", "sql"]
+
+
+@pytest.mark.parametrize("args", [["--help"], ["sql", "--help"], ["build", "--help"], ["serve", "--help"]])
+def test_help_imports_nothing_heavy(args: list[str]) -> None:
+    probe = subprocess.run([sys.executable, "-c", HELP_PROBE.format(heavy=HEAVY), *args], capture_output=True,
+                           text=True, check=True)
+    assert "Usage: sqlinfer" in probe.stdout
+    assert probe.stderr.strip() == "[]"
+
+
+def test_models_lists_functions_and_types(digits_models: Path) -> None:
+    result = invoke("models", str(digits_models))
+    assert result.exit_code == 0, result.output
+    header, _rule, line = result.stdout.splitlines()
+    assert [c.strip() for c in header.split("|")] == ["function", "flavor", "input", "returns", "fingerprint"]
+    cells = [c.strip() for c in line.split("|")]
+    assert cells[:4] == ["digits_predict", "python", "image (binary)", "struct<label:string,index:int,score:float>"]
+    assert len(cells[4]) == 12
+
+
+def test_models_reports_bad_declaration_with_location(digits_models: Path) -> None:
+    models = digits_models / "models.yml"
+    models.write_text(models.read_text().replace("    batch_size: 64", "    batch_size: 64\n    batchsize: 3"))
+    result = invoke("models", str(digits_models))
+    assert result.exit_code == 1
+    assert result.stderr == (f"error: {models}:17: unknown key 'batchsize' in models['digits'] "
+                             "(did you mean 'batch_size'?) [config.unknown_key]\n")
+    assert result.stdout == ""

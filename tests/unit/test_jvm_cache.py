@@ -1,0 +1,110 @@
+"""The driver JVM's class archive (sqlinfer/runtime/jvm_cache.py): who writes it and when it is used,
+without a JVM (tests/functional/test_jvm_cache.py has a real one)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sqlinfer.runtime import jvm_cache
+
+
+@pytest.fixture()
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "jvm"
+    monkeypatch.setenv(jvm_cache.ENV, str(folder))
+    return folder
+
+
+def dead_pid() -> int:
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    return int(proc.stdout)
+
+
+def lock_of(archive: Path) -> Path:
+    return archive.with_name(archive.name + ".lock")
+
+
+def test_first_session_asks_its_jvm_to_write_the_archive(cache: Path) -> None:
+    writer = jvm_cache.plan("-Dsome=option")
+    assert writer.write is True
+    assert writer.archive is not None and writer.archive.parent == cache
+    assert writer.archive.name.startswith("spark-") and writer.archive.suffix == ".jsa"
+    assert writer.options == f"-XX:ArchiveClassesAtExit={writer.archive}.{os.getpid()}.tmp {jvm_cache.QUIET}"
+    assert lock_of(writer.archive).read_text() == str(os.getpid())
+
+
+def test_while_a_live_process_writes_it_others_neither_write_nor_read(cache: Path) -> None:
+    jvm_cache.plan("")
+    other = jvm_cache.plan("")
+    assert (other.write, other.archive, other.options) == (False, None, "")
+
+
+def test_clean_exit_moves_the_archive_into_place_and_drops_the_lock(cache: Path) -> None:
+    writer = jvm_cache.plan("")
+    assert writer.archive is not None
+    Path(f"{writer.archive}.{os.getpid()}.tmp").write_bytes(b"archive")
+    writer.finish(0)
+    assert writer.archive.read_bytes() == b"archive"
+    assert sorted(cache.iterdir()) == [writer.archive]
+
+
+def test_the_next_session_maps_the_archive(cache: Path) -> None:
+    writer = jvm_cache.plan("")
+    assert writer.archive is not None
+    Path(f"{writer.archive}.{os.getpid()}.tmp").write_bytes(b"archive")
+    writer.finish(0)
+    reader = jvm_cache.plan("")
+    assert (reader.write, reader.archive) == (False, writer.archive)
+    assert reader.options == f"-XX:SharedArchiveFile={writer.archive} {jvm_cache.QUIET}"
+
+
+def test_a_killed_jvm_leaves_no_archive(cache: Path) -> None:
+    writer = jvm_cache.plan("")
+    assert writer.archive is not None
+    Path(f"{writer.archive}.{os.getpid()}.tmp").write_bytes(b"half")
+    writer.finish(137)  # killed while writing
+    assert list(cache.iterdir()) == []
+
+
+def test_a_dead_writers_lock_and_half_archive_are_removed(cache: Path) -> None:
+    archive = jvm_cache.archive_path("")
+    assert archive is not None
+    cache.mkdir()
+    pid = dead_pid()
+    lock_of(archive).write_text(str(pid))
+    stale = Path(f"{archive}.{pid}.tmp")
+    stale.write_bytes(b"half")
+    again = jvm_cache.plan("")
+    assert again.write is True
+    assert not stale.exists()
+    assert lock_of(archive).read_text() == str(os.getpid())
+
+
+def test_jdk_that_cannot_write_one_is_not_asked_again(cache: Path) -> None:
+    writer = jvm_cache.plan("")
+    writer.finish(0)  # clean exit, no archive written
+    again = jvm_cache.plan("")
+    assert (again.write, again.options) == (False, "")
+
+
+@pytest.mark.parametrize("options", ["-Xshare:off", "-XX:SharedArchiveFile=/mine.jsa",
+                                     "-XX:ArchiveClassesAtExit=/mine.jsa"])
+def test_user_managed_class_sharing_is_left_alone(cache: Path, options: str) -> None:
+    assert jvm_cache.plan(options).options == ""
+    assert not cache.exists()
+
+
+def test_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(jvm_cache.ENV, "0")
+    assert jvm_cache.archive_path("") is None
+    assert jvm_cache.plan("").options == ""
+
+
+def test_class_path_is_part_of_the_key(cache: Path) -> None:
+    assert jvm_cache.archive_path("") != jvm_cache.archive_path("/extra/jars/*")

@@ -1,0 +1,124 @@
+"""A project's Spark settings (pure functions, no Spark): sqlinfer's defaults, the user's settings on
+top, the local JVM's options, and YAML values spelt as Spark spells them."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from sqlinfer.runtime.settings import (
+    DAEMON_MODULE,
+    DEFAULT_ARROW_BATCH,
+    LOG_CONFIG,
+    WARM_UP_WORKERS,
+    conf_text,
+    local_jvm_options,
+    session_conf,
+)
+
+LOCAL_JIT = "-XX:TieredStopAtLevel=1 -XX:+UseParallelGC"
+
+
+def base_options(target: Path) -> str:
+    return f"-Dderby.system.home={target} -Dlog4j2.configurationFile={LOG_CONFIG}"
+
+
+def test_defaults(tmp_path: Path) -> None:
+    target = tmp_path / "target"
+    assert session_conf(target, None, {}) == {
+        "spark.master": "local[*]",
+        "spark.app.name": "sqlinfer",
+        "spark.sql.catalogImplementation": "hive",
+        "spark.sql.warehouse.dir": f"{target}/warehouse",
+        "spark.hadoop.javax.jdo.option.ConnectionURL": f"jdbc:derby:;databaseName={target}/metastore_db;create=true",
+        "spark.driver.extraJavaOptions": f"{base_options(target)} {LOCAL_JIT}",
+        "spark.pyspark.python": sys.executable,
+        "spark.pyspark.driver.python": sys.executable,
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.sql.execution.arrow.maxRecordsPerBatch": str(DEFAULT_ARROW_BATCH),
+        "spark.python.daemon.module": DAEMON_MODULE,
+        "spark.sql.hive.thriftServer.singleSession": "true",
+        "spark.ui.showConsoleProgress": "false",
+        WARM_UP_WORKERS: "true",
+    }
+
+
+def test_the_log_config_and_daemon_module_exist() -> None:
+    import importlib.util
+
+    assert LOG_CONFIG.is_file()
+    assert importlib.util.find_spec(DAEMON_MODULE) is not None
+
+
+def test_relative_target_is_made_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    conf = session_conf(Path("target"), None, {})
+    assert conf["spark.sql.warehouse.dir"] == f"{tmp_path}/target/warehouse"
+
+
+def test_user_settings_win(tmp_path: Path) -> None:
+    conf = session_conf(tmp_path, None, {"spark.app.name": "mine", "spark.sql.execution.arrow.maxRecordsPerBatch": 64,
+                                         "spark.executor.memory": "2g"})
+    assert (conf["spark.app.name"], conf["spark.sql.execution.arrow.maxRecordsPerBatch"],
+            conf["spark.executor.memory"]) == ("mine", "64", "2g")
+
+
+def test_master_argument_wins_over_conf(tmp_path: Path) -> None:
+    assert session_conf(tmp_path, "local[2]", {"spark.master": "local[8]"})["spark.master"] == "local[2]"
+
+
+def test_master_from_conf_without_argument(tmp_path: Path) -> None:
+    assert session_conf(tmp_path, None, {"spark.master": "local[8]"})["spark.master"] == "local[8]"
+
+
+@pytest.mark.parametrize(("value", "text"), [(True, "true"), (False, "false")])
+def test_yaml_booleans_become_spark_booleans(tmp_path: Path, value: bool, text: str) -> None:
+    conf = session_conf(tmp_path, None, {WARM_UP_WORKERS: value, "spark.sql.adaptive.enabled": value})
+    assert (conf[WARM_UP_WORKERS], conf["spark.sql.adaptive.enabled"]) == (text, text)
+
+
+@pytest.mark.parametrize("master", [None, "local", "local[2]", "local[*]"])
+def test_a_local_jvm_gets_the_jit_and_gc_options(tmp_path: Path, master: str | None) -> None:
+    options = session_conf(tmp_path, master, {})["spark.driver.extraJavaOptions"]
+    assert options == f"{base_options(tmp_path)} {LOCAL_JIT}"
+
+
+@pytest.mark.parametrize(("master", "conf"), [("spark://head:7077", {}), ("yarn", {}),
+                                              (None, {"spark.master": "k8s://https://api:6443"})])
+def test_a_cluster_driver_gets_only_sqlinfers_own_options(tmp_path: Path, master: str | None, conf: dict) -> None:
+    assert session_conf(tmp_path, master, conf)["spark.driver.extraJavaOptions"] == base_options(tmp_path)
+
+
+def test_users_java_options_come_after_sqlinfers(tmp_path: Path) -> None:
+    conf = session_conf(tmp_path, "local[2]", {"spark.driver.extraJavaOptions": "-Dfoo=1 -XX:TieredStopAtLevel=4"})
+    assert conf["spark.driver.extraJavaOptions"] == \
+        f"{base_options(tmp_path)} {LOCAL_JIT} -Dfoo=1 -XX:TieredStopAtLevel=4"
+
+
+def test_users_java_options_on_a_cluster(tmp_path: Path) -> None:
+    conf = session_conf(tmp_path, "yarn", {"spark.driver.extraJavaOptions": "-Dfoo=1"})
+    assert conf["spark.driver.extraJavaOptions"] == f"{base_options(tmp_path)} -Dfoo=1"
+
+
+def test_a_collector_the_user_picks_replaces_ours(tmp_path: Path) -> None:
+    conf = session_conf(tmp_path, None, {"spark.driver.extraJavaOptions": "-XX:+UseG1GC"})
+    assert conf["spark.driver.extraJavaOptions"] == f"{base_options(tmp_path)} -XX:TieredStopAtLevel=1 -XX:+UseG1GC"
+
+
+@pytest.mark.parametrize(("user", "options"), [
+    ("", LOCAL_JIT),
+    ("-Xmx4g", LOCAL_JIT),
+    ("-XX:+UseZGC -Xmx4g", "-XX:TieredStopAtLevel=1"),
+    ("-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1"),
+])
+def test_local_jvm_options(user: str, options: str) -> None:
+    assert local_jvm_options(user) == options
+
+
+@pytest.mark.parametrize(("value", "text"), [
+    (True, "true"), (False, "false"), (16, "16"), (0.5, "0.5"), ("2g", "2g"), ("True", "True"),
+])
+def test_conf_text(value: object, text: str) -> None:
+    assert conf_text(value) == text
