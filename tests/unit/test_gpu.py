@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
-from helpers import jpeg_bytes, save_random_resnet18, write_project
+from helpers import bomb_png, jpeg_bytes, save_random_resnet18, write_project
 
 from sqlinfer import Project
 from sqlinfer.worker.device import choose_device
@@ -17,14 +17,16 @@ pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 
-def declaration(name: str, device: str, precision: str = "fp32") -> str:
+def declaration(name: str, device: str, precision: str = "fp32", decoder: str = "cpu") -> str:
     return (f"  - name: {name}\n    flavor: torchvision\n    architecture: resnet18\n"
-            "    weights: weights/r18.safetensors\n    preprocess: {resize: 72, crop: 64}\n"
+            f"    weights: weights/r18.safetensors\n    preprocess: {{resize: 72, crop: 64, decoder: {decoder}}}\n"
             f"    output: logits\n    device: {device}\n    precision: {precision}\n")
 
 
+# `decoder: cpu` where a comparison is about the network: the same pixels on both sides.
 MODELS = "models:\n" + "".join([declaration("cpu", "cpu"), declaration("gpu", "auto"),
-                                 declaration("half", "cuda", "fp16"), declaration("bf16", "cuda", "bf16")])
+                                 declaration("half", "cuda", "fp16"), declaration("bf16", "cuda", "bf16"),
+                                 declaration("gpu_decode", "cuda", decoder="auto")])
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +46,9 @@ def run(model, blobs: list[bytes]) -> tuple[np.ndarray, dict]:
 
     arrays = (pa.array(blobs[i:i + 16], type=pa.binary()) for i in range(0, len(blobs), 16))
     out = list(score(model.plan, lambda: model.weights, arrays, count))
-    return np.array([row for array in out for row in array.to_pylist()], dtype=np.float32), counters
+    width = model.plan.num_outputs  # NULL rows (bad input) become rows of NaN
+    rows = [row if row is not None else [np.nan] * width for array in out for row in array.to_pylist()]
+    return np.array(rows, dtype=np.float32), counters
 
 
 def test_auto_picks_the_gpu_and_matches_cpu(models: dict) -> None:
@@ -73,3 +77,41 @@ def test_gpu_batches_are_pinned(models: dict) -> None:
     batch = buffers.take(8)
     assert batch.shape == (8, 64, 64, 3)
     assert torch.from_numpy(batch).is_pinned()
+
+
+def test_gpu_decode_predicts_like_cpu_decode_and_nulls_the_same_rows(models: dict) -> None:
+    import io
+
+    from PIL import Image
+
+    photo = Image.open(io.BytesIO(jpeg_bytes(5, 120, 90))).convert("RGB")
+
+    def encoded(image: Image.Image, fmt: str = "JPEG", **options: object) -> bytes:
+        buffer = io.BytesIO()
+        image.save(buffer, format=fmt, **options)
+        return buffer.getvalue()
+
+    good = [jpeg_bytes(i, 80 + i, 60 + i) for i in range(40)]
+    corpus = [encoded(photo, "PNG"), encoded(photo.convert("CMYK")), encoded(photo, progressive=True),
+              encoded(photo.convert("L")), good[0][: len(good[0]) // 2], b"", bomb_png()]
+    expected, _ = run(models["cpu"], good + corpus)
+    actual, _ = run(models["gpu_decode"], good + corpus)
+    null_expected, null_actual = np.isnan(expected).all(axis=1), np.isnan(actual).all(axis=1)
+    assert null_actual.tolist() == null_expected.tolist()
+    assert null_expected.tolist() == [False] * 44 + [True, True, True]  # truncated, empty, bomb
+    ok = ~null_expected
+    difference = np.abs(actual[ok] - expected[ok]).max()
+    print(f"GPU decode vs CPU decode: max logit difference {difference:.4f}")
+    assert (actual[ok].argmax(axis=1) == expected[ok].argmax(axis=1)).mean() >= 0.9
+    assert difference < 0.1
+
+
+def test_gpu_memory_stays_flat_over_many_batches(models: dict) -> None:
+    blobs = [jpeg_bytes(i % 16, 80, 60) for i in range(64 * 50)]
+    model = models["gpu_decode"]
+    arrays = (pa.array(blobs[i:i + 64], type=pa.binary()) for i in range(0, len(blobs), 64))
+    allocated = []
+    for _ in score(model.plan, lambda: model.weights, arrays, lambda _: None):
+        allocated.append(torch.cuda.memory_allocated())
+    assert len(allocated) == 50
+    assert max(allocated[5:]) - min(allocated[5:]) <= 64 * 2**20, allocated
