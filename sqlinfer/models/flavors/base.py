@@ -38,7 +38,8 @@ class Defaults:
 class Flavor(Protocol):
     """What each flavor module's ``FLAVOR`` does. Driver-side methods get the :class:`Located`
     declaration (errors name its file and line) and the project folder; ``build`` runs on the
-    workers and in the driver's check, from the broadcast weights alone."""
+    workers and in the driver's check, from the broadcast weights alone. A flavor class subclasses
+    this protocol to take the defaults of ``check``, ``defaults`` and ``source_files``."""
 
     def validate(self, decl: ModelDecl) -> None:
         """Keys this flavor needs or refuses; raise ValueError (reported at the declaration's line).
@@ -46,9 +47,11 @@ class Flavor(Protocol):
 
     def check(self, item: Located) -> None:
         """Checks that need the flavor's library but not the weights (e.g. a known architecture)."""
+        return None
 
     def defaults(self, decl: ModelDecl) -> Defaults:
         """Preprocessing and labels to use where the declaration gives none."""
+        return Defaults()
 
     def load_weights(self, item: Located, root: Path) -> Weights:
         """Read (or generate) the weights once, on the driver, as the blob the workers get."""
@@ -60,6 +63,7 @@ class Flavor(Protocol):
     def source_files(self, item: Located, root: Path) -> tuple[Path, ...] | None:
         """Project files the network's code comes from, shipped to the workers; None when the code
         lives outside the project, where its changes cannot be tracked."""
+        return ()
 
     def build(self, decl: ModelDecl, weights: Weights) -> torch.nn.Module:
         """The network, from the declaration and the broadcast weights (worker side)."""

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from sqlinfer.models.declaration import Located, ModelDecl
 from sqlinfer.models.flavors.base import (
-    Defaults,
+    Flavor,
     Weights,
     load_state,
     safetensors_file,
@@ -45,7 +45,7 @@ def load_class(decl: ModelDecl) -> type:
     return cls
 
 
-class Python:
+class Python(Flavor):
     def validate(self, decl: ModelDecl) -> None:
         if not decl.class_path:
             raise ValueError("flavor python needs `class: module:Class`")
@@ -53,12 +53,6 @@ class Python:
             raise ValueError("`class` must look like module.path:ClassName")
         if not decl.weights:
             raise ValueError("flavor python needs `weights` (a file)")
-
-    def check(self, item: Located) -> None:
-        pass
-
-    def defaults(self, decl: ModelDecl) -> Defaults:
-        return Defaults()
 
     def load_weights(self, item: Located, root: Path) -> Weights:
         if project_module_file(item.decl, root) is not None and str(root) not in sys.path:

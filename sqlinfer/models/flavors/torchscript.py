@@ -7,33 +7,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlinfer.models.declaration import Located, ModelDecl
-from sqlinfer.models.flavors.base import Defaults, Weights, weights_path
+from sqlinfer.models.flavors.base import Flavor, Weights, weights_path
 
 if TYPE_CHECKING:
     import torch
 
 
-class TorchScript:
+class TorchScript(Flavor):
     def validate(self, decl: ModelDecl) -> None:
         if not decl.weights:
             raise ValueError("flavor torchscript needs `weights` (a file)")
         if decl.output == "embedding" and decl.embedding_layer:
             raise ValueError("embedding_layer is not supported for torchscript (hooks need eager modules)")
 
-    def check(self, item: Located) -> None:
-        pass
-
-    def defaults(self, decl: ModelDecl) -> Defaults:
-        return Defaults()
-
     def load_weights(self, item: Located, root: Path) -> Weights:
         return Weights("torchscript", weights_path(item, root).read_bytes())
 
     def file_weights(self, item: Located, root: Path) -> Weights | None:
         return self.load_weights(item, root)
-
-    def source_files(self, item: Located, root: Path) -> tuple[Path, ...] | None:
-        return ()
 
     def build(self, decl: ModelDecl, weights: Weights) -> torch.nn.Module:
         import torch

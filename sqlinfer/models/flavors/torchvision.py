@@ -14,6 +14,7 @@ from sqlinfer.errors import closest
 from sqlinfer.models.declaration import Located, ModelDecl, Preprocess
 from sqlinfer.models.flavors.base import (
     Defaults,
+    Flavor,
     Weights,
     load_state,
     safetensors_file,
@@ -57,7 +58,7 @@ def _new(decl: ModelDecl) -> torch.nn.Module:
     return module
 
 
-class TorchVision:
+class TorchVision(Flavor):
     def validate(self, decl: ModelDecl) -> None:
         if not decl.architecture:
             raise ValueError("flavor torchvision needs `architecture` (e.g. resnet50)")
@@ -76,9 +77,6 @@ class TorchVision:
 
     def file_weights(self, item: Located, root: Path) -> Weights | None:
         return safetensors_file(item, root)
-
-    def source_files(self, item: Located, root: Path) -> tuple[Path, ...] | None:
-        return ()
 
     def build(self, decl: ModelDecl, weights: Weights) -> torch.nn.Module:
         module = _new(decl)
