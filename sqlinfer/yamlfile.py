@@ -13,13 +13,16 @@ import re
 import types
 import typing
 from collections.abc import Sequence
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from sqlinfer.errors import ConfigError, closest
+
+if TYPE_CHECKING:
+    import yaml
 
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -47,41 +50,47 @@ class LineList(list):
     item_lines: list[int]
 
 
-class _Loader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` (no arbitrary objects) that records line numbers (1-based)."""
+@cache
+def _loader_class() -> type[yaml.SafeLoader]:
+    """``yaml.SafeLoader`` (no arbitrary objects) that records line numbers (1-based). Made on first
+    use: the workers import this module (through the declarations) and need no YAML library."""
+    import yaml
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> LineDict:
-        self.flatten_mapping(node)
-        result = LineDict()
-        result.line = node.start_mark.line + 1
-        result.key_lines = {}
-        for key_node, value_node in node.value:
-            key = self.construct_object(key_node, deep=True)
-            if key in result:
-                raise ConfigError(f"duplicate key {key!r}", code="config.duplicate_key",
-                                    path=self.name, line=key_node.start_mark.line + 1)
-            result[key] = self.construct_object(value_node, deep=True)
-            result.key_lines[key] = key_node.start_mark.line + 1
-        return result
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> LineDict:
+            self.flatten_mapping(node)
+            result = LineDict()
+            result.line = node.start_mark.line + 1
+            result.key_lines = {}
+            for key_node, value_node in node.value:
+                key = self.construct_object(key_node, deep=True)
+                if key in result:
+                    raise ConfigError(f"duplicate key {key!r}", code="config.duplicate_key",
+                                      path=self.name, line=key_node.start_mark.line + 1)
+                result[key] = self.construct_object(value_node, deep=True)
+                result.key_lines[key] = key_node.start_mark.line + 1
+            return result
 
-    def construct_sequence(self, node: yaml.SequenceNode, deep: bool = False) -> LineList:
-        result = LineList(self.construct_object(child, deep=True) for child in node.value)
-        result.line = node.start_mark.line + 1
-        result.item_lines = [child.start_mark.line + 1 for child in node.value]
-        return result
+        def construct_sequence(self, node: yaml.SequenceNode, deep: bool = False) -> LineList:
+            result = LineList(self.construct_object(child, deep=True) for child in node.value)
+            result.line = node.start_mark.line + 1
+            result.item_lines = [child.start_mark.line + 1 for child in node.value]
+            return result
 
-
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _Loader.construct_mapping)
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _Loader.construct_sequence)
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, Loader.construct_mapping)
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, Loader.construct_sequence)
+    return Loader
 
 
 def load_yaml(path: Path) -> Any:
     """Parse a YAML file safely; syntax errors become ``path:line`` errors."""
+    import yaml
+
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"file not found: {path}", code="config.missing_file", path=path) from None
-    loader = _Loader(text)
+    loader = _loader_class()(text)
     loader.name = str(path)
     try:
         return loader.get_single_data()
@@ -89,7 +98,7 @@ def load_yaml(path: Path) -> Any:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
         raise ConfigError(f"invalid YAML: {exc.problem or exc}", code="config.yaml_syntax",
-                            path=path, line=line) from None
+                          path=path, line=line) from None
     finally:
         loader.dispose()
 
