@@ -68,9 +68,6 @@ def decode_on_device(blobs: Sequence[bytes], pp: Preprocess, device: str) -> lis
     return [resize_and_crop(image, pp) for image in images]
 
 
-_MODES = {"bilinear": "BILINEAR", "bicubic": "BICUBIC", "nearest": "NEAREST"}
-
-
 def resize_and_crop(image: torch.Tensor, pp: Preprocess) -> torch.Tensor:
     """torchvision's Resize + CenterCrop on a C x H x W tensor, sizes as :func:`decode_image`'s."""
     from torchvision.transforms import InterpolationMode
@@ -79,8 +76,8 @@ def resize_and_crop(image: torch.Tensor, pp: Preprocess) -> torch.Tensor:
     if pp.resize is not None:
         width, height = resize_size(image.shape[2], image.shape[1], pp.resize)
         if (width, height) != (image.shape[2], image.shape[1]):
-            mode = getattr(InterpolationMode, _MODES[pp.interpolation])
-            image = functional.resize(image, [height, width], interpolation=mode, antialias=True)
+            image = functional.resize(image, [height, width], interpolation=InterpolationMode(pp.interpolation),
+                                      antialias=True)
     if pp.crop is not None:
         crop_h, crop_w = (pp.crop, pp.crop) if isinstance(pp.crop, int) else pp.crop
         image = functional.center_crop(image, [crop_h, crop_w])

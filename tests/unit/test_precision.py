@@ -12,24 +12,18 @@ from helpers import write_project
 from sqlinfer import Project
 from sqlinfer.models.network import Network
 
-MODELS = """\
-models:
-  - name: exact
+DECLARATION = """\
+  - name: {name}
     flavor: torchvision
     architecture: resnet18
-    kwargs: {num_classes: 4}
+    kwargs: {{num_classes: 4}}
     weights: random
-    preprocess: {resize: 36, crop: 32}
+    preprocess: {{resize: 36, crop: 32}}
     output: logits
-  - name: fast
-    flavor: torchvision
-    architecture: resnet18
-    kwargs: {num_classes: 4}
-    weights: random
-    preprocess: {resize: 36, crop: 32}
-    output: logits
-    precision: tf32
+    precision: {precision}
 """
+MODELS = "models:\n" + DECLARATION.format(name="exact", precision="fp32") + DECLARATION.format(name="fast",
+                                                                                               precision="tf32")
 
 
 @pytest.fixture(scope="module")
