@@ -80,3 +80,27 @@ def own_database(root: Path) -> str:
     project_file = root / "sqlinfer_project.yml"
     project_file.write_text(project_file.read_text() + f"database: {database}\n")
     return database
+
+
+def env_without_modules(folder: Path, names: tuple[str, ...]) -> dict[str, str]:
+    """The environment of a child Python, and of every Python it starts, in which importing any of
+    ``names`` (top-level packages) fails as if they were not installed: a ``sitecustomize.py`` in
+    ``folder``, put first on PYTHONPATH, inserts a meta-path finder that refuses them."""
+    import os
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sitecustomize.py").write_text(textwrap.dedent(f"""\
+        import importlib.abc
+        import sys
+
+
+        class NotInstalled(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path, target=None):
+                if name.split(".")[0] in {tuple(names)!r}:
+                    raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+                return None
+
+
+        sys.meta_path.insert(0, NotInstalled())
+        """))
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")]))}

@@ -79,16 +79,19 @@ class Network:
         float pixel values 0-255; tensors: float32) -> float32 output rows."""
         import torch
 
-        return self.forward_tensor(torch.from_numpy(pixels))
+        return self.launch(torch.from_numpy(pixels)).result()
 
     def forward_hwc(self, pixels: np.ndarray) -> np.ndarray:
         """Images as N x H x W x C uint8 (the worker's batch buffers) -> float32 output rows."""
         import torch
 
         # A permuted view: N, C, H, W in shape, channels-last in memory; no copy.
-        return self.forward_tensor(torch.from_numpy(pixels).permute(0, 3, 1, 2))
+        return self.launch(torch.from_numpy(pixels).permute(0, 3, 1, 2)).result()
 
-    def forward_tensor(self, x: Any) -> np.ndarray:
+    def launch(self, x: Any) -> Outputs:
+        """Start the forward pass of a batch (a tensor shaped like :meth:`forward`'s input, on any
+        device). On CUDA it only queues the work, and the outputs come back to the host
+        asynchronously: the caller converts the previous batch's outputs while this one runs."""
         import torch
 
         with torch.inference_mode():
@@ -108,7 +111,28 @@ class Network:
             if self.plan.decl.output == "embedding" and self._features:
                 out = self._features[-1]
             self._features.clear()
-            return out.reshape(out.shape[0], -1).float().cpu().numpy()
+            out = out.reshape(out.shape[0], -1).float()
+            if self.device.type != "cuda":
+                return Outputs(out, None)
+            # Into pinned host memory without waiting; the event says when the copy is done.
+            host = out.to("cpu", non_blocking=True)
+            done = torch.cuda.Event()
+            done.record()
+            return Outputs(host, done)
+
+
+class Outputs:
+    """A batch's outputs on the host, or on their way there (CUDA)."""
+
+    def __init__(self, host: Any, done: Any) -> None:
+        self._host = host
+        self._done = done
+
+    def result(self) -> np.ndarray:
+        """The float32 output rows, once the device has written them."""
+        if self._done is not None:
+            self._done.synchronize()
+        return self._host.numpy()
 
 
 @contextmanager

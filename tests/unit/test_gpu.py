@@ -10,6 +10,7 @@ import torch
 from helpers import bomb_png, jpeg_bytes, save_random_resnet18, write_project
 
 from sqlinfer import Project
+from sqlinfer.worker.decode_pool import DecodePool
 from sqlinfer.worker.device import choose_device
 from sqlinfer.worker.score import BatchBuffers, score
 
@@ -77,6 +78,16 @@ def test_gpu_batches_are_pinned(models: dict) -> None:
     batch = buffers.take(8)
     assert batch.shape == (8, 64, 64, 3)
     assert torch.from_numpy(batch).is_pinned()
+
+
+def test_shared_decoder_buffers_are_pinned_too(models: dict) -> None:
+    pool = DecodePool(2)
+    try:
+        batch = BatchBuffers(models["gpu"].plan, 8, pinned=True, pool=pool).take(8)
+        assert batch.shape == (8, 64, 64, 3)
+        assert torch.from_numpy(batch).is_pinned()  # registered with cudaHostRegister
+    finally:
+        pool.close()
 
 
 def test_gpu_decode_predicts_like_cpu_decode_and_nulls_the_same_rows(models: dict) -> None:
