@@ -1,6 +1,10 @@
 """YAML files into validated, frozen objects, with every error at ``path:line``.
 
-Loading is safe (``yaml.SafeLoader``) and remembers lines: mappings load as :class:`LineDict` (a
+Loading is safe (``yaml.SafeLoader``: a tag such as ``!!python/object/apply`` is an error, nothing
+is constructed from it) and bounded: aliases (``*name``) may repeat at most
+:data:`MAX_ALIAS_VALUES` values, so a "billion laughs" file is refused before it is built (the
+values would be shared, but everything that walks them later, validation, fingerprints, rendering,
+would take exponential time and memory). It remembers lines: mappings load as :class:`LineDict` (a
 plain ``dict`` plus ``key_lines``), so validation can say *where* a bad value is without a second
 parse. :class:`Strict` is the base of every validated object (frozen, unknown keys are errors) and
 :func:`validation_error` turns pydantic's first complaint into a located
@@ -25,6 +29,9 @@ if TYPE_CHECKING:
     import yaml
 
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# How many values aliases may add to a file, counting each alias as a copy of what it names. A
+# project's files use a handful (a shared `preprocess:`); a "billion laughs" adds 9**9.
+MAX_ALIAS_VALUES = 100_000
 
 
 class Strict(BaseModel):
@@ -57,17 +64,34 @@ def _loader_class() -> type[yaml.SafeLoader]:
     import yaml
 
     class Loader(yaml.SafeLoader):
+        def __init__(self, stream: str) -> None:
+            super().__init__(stream)
+            self.own_pairs: dict[int, int] = {}  # id(mapping node) -> its pairs written in it, not merged
+
+        def flatten_mapping(self, node: yaml.MappingNode) -> None:
+            # Flattening puts the pairs of `<<: *other` first; count the mapping's own pairs before
+            # (PyYAML also flattens a mapping when another merges it, before it is constructed).
+            merge = "tag:yaml.org,2002:merge"
+            self.own_pairs.setdefault(id(node), sum(1 for key, _ in node.value if key.tag != merge))
+            super().flatten_mapping(node)
+
         def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> LineDict:
             self.flatten_mapping(node)
+            merged = len(node.value) - self.own_pairs[id(node)]
             result = LineDict()
             result.line = node.start_mark.line + 1
             result.key_lines = {}
-            for key_node, value_node in node.value:
+            own: set[Any] = set()
+            for index, (key_node, value_node) in enumerate(node.value):
                 key = self.construct_object(key_node, deep=True)
-                if key in result:
-                    raise ConfigError(f"duplicate key {key!r}", code="config.duplicate_key",
-                                      path=self.name, line=key_node.start_mark.line + 1)
-                result[key] = self.construct_object(value_node, deep=True)
+                if index >= merged:
+                    # Written twice in the mapping is an error; a written key overriding a merged
+                    # one is what `<<:` is for.
+                    if key in own:
+                        raise ConfigError(f"duplicate key {key!r}", code="config.duplicate_key",
+                                          path=self.name, line=key_node.start_mark.line + 1)
+                    own.add(key)
+                result[key] = self.construct_object(value_node, deep=True)  # a later pair wins, as in PyYAML
                 result.key_lines[key] = key_node.start_mark.line + 1
             return result
 
@@ -83,24 +107,90 @@ def _loader_class() -> type[yaml.SafeLoader]:
 
 
 def load_yaml(path: Path) -> Any:
-    """Parse a YAML file safely; syntax errors become ``path:line`` errors."""
+    """Parse a YAML file safely; syntax errors, refused tags and alias bombs become ``path:line``
+    errors."""
     import yaml
+    from yaml.reader import ReaderError
 
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"file not found: {path}", code="config.missing_file", path=path) from None
-    loader = _loader_class()(text)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"invalid YAML: not UTF-8 text ({exc.reason} at byte {exc.start})", code="config.yaml_syntax",
+                          path=path, line=exc.object.count(b"\n", 0, exc.start) + 1) from None
+    try:
+        loader = _loader_class()(text)
+    except ReaderError as exc:  # a control character (checked first, for the whole text)
+        character = f"U+{exc.character:04X}" if isinstance(exc.character, int) else repr(exc.character)
+        raise ConfigError(f"invalid YAML: character {character}: {exc.reason}", code="config.yaml_syntax",
+                          path=path, line=text.count("\n", 0, exc.position) + 1) from None
     loader.name = str(path)
     try:
-        return loader.get_single_data()
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        check_aliases(node, path)
+        return loader.construct_document(node)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
-        raise ConfigError(f"invalid YAML: {exc.problem or exc}", code="config.yaml_syntax",
+        raise ConfigError(f"invalid YAML: {_problem(exc)}", code="config.yaml_syntax",
                           path=path, line=line) from None
+    except RecursionError:
+        # PyYAML composes and constructs recursively: some hundreds of levels exhaust the stack.
+        raise ConfigError("invalid YAML: nested too deeply", code="config.yaml_too_large", path=path,
+                          line=loader.line + 1) from None
     finally:
         loader.dispose()
+
+
+def _problem(exc: Any) -> str:
+    """PyYAML's complaint; for a tag the safe loader has no constructor for (``!!python/object``
+    and the like: what would run code), one that says so."""
+    problem = str(exc.problem or exc)
+    tag = re.match(r"could not determine a constructor for the tag '(.*)'", problem)
+    if tag:
+        name = tag.group(1).replace("tag:yaml.org,2002:", "!!")
+        return f"the tag {name} is not allowed (only plain YAML values are read, never Python objects)"
+    return problem
+
+
+def check_aliases(root: Any, path: Path) -> None:
+    """Refuse a document whose aliases repeat more than :data:`MAX_ALIAS_VALUES` values. Works on
+    the composed nodes, where an alias is the anchored node itself: counting is linear in the
+    file's size however far aliases would expand it."""
+    import yaml
+
+    sizes: dict[int, int] = {}  # id(node) -> values it expands to, once counted
+    open_nodes: set[int] = set()  # on the current path: an alias to one of them is recursive
+    added = 0
+
+    def size(node: yaml.Node, line: int) -> int:
+        nonlocal added
+        key = id(node)
+        if key in sizes:  # seen before: this is an alias, a full copy of the anchored value
+            added += sizes[key]
+            if added > MAX_ALIAS_VALUES:
+                raise ConfigError(f"aliases (*name) repeat more than {MAX_ALIAS_VALUES} values: refused as a "
+                                  "YAML bomb", code="config.yaml_too_large", path=path, line=line)
+            return sizes[key]
+        if key in open_nodes:
+            return 1  # a recursive alias: the constructor refuses it with its own message
+        open_nodes.add(key)
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            # An alias item has the anchor's position: the sequence's own line is the nearest.
+            total += sum(size(child, node.start_mark.line + 1) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                where = key_node.start_mark.line + 1
+                total += size(key_node, where) + size(value_node, where)
+        open_nodes.discard(key)
+        sizes[key] = total
+        return total
+
+    size(root, root.start_mark.line + 1)
 
 
 def line_of(data: Any, loc: Sequence[Any]) -> int | None:

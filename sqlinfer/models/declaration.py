@@ -82,6 +82,10 @@ class ModelDecl(Strict):
     output: Literal["logits", "probabilities", "label", "topk", "embedding"] = "label"
     k: int = Field(5, gt=0)
     labels: str | tuple[str, ...] | None = None
+    # The weights and labels files must be inside the project folder (after following links)
+    # unless the declaration says otherwise, so a copied project cannot make sqlinfer read and
+    # broadcast any file of the machine it runs on.
+    allow_outside_project: bool = False
     embedding_layer: str | None = None
     batch_size: int | None = Field(None, gt=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"

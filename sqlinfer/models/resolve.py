@@ -58,7 +58,7 @@ def _labels(item: Located, root: Path, default: tuple[str, ...] | None) -> tuple
     if isinstance(labels, tuple):
         return labels
     path = inside(root, labels, what=f"model {item.decl.name!r}: labels path", path=item.path,
-                  line=item.raw.line_of("labels"))
+                  line=item.raw.line_of("labels"), allow_outside=item.decl.allow_outside_project)
     if not path.is_file():
         raise item.error(f"labels file not found: {path}", code="config.missing_file", key="labels")
     return tuple(line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
@@ -97,9 +97,11 @@ def _check_network(item: Located, weights: Weights, shape: tuple[int, ...]) -> i
 
 def fingerprint(item: Located, pp: Preprocess | None, labels: tuple[str, ...] | None, weights: Weights) -> str:
     """sha256 of what decides a model's predictions: a table built with another one is stale."""
-    # batch_size and device change how fast a model runs, not what it predicts.
+    # batch_size and device change how fast a model runs, not what it predicts; where the files
+    # may be is no part of the model either (their contents are).
     description = {
-        "decl": item.decl.model_dump(mode="json", by_alias=True, exclude={"batch_size", "device"}),
+        "decl": item.decl.model_dump(mode="json", by_alias=True,
+                                     exclude={"batch_size", "device", "allow_outside_project"}),
         # `decoder: auto` leaves the choice to each worker's device, so it is no part of the model;
         # an explicit decoder is (GPU-decoded pixels differ from PIL's by a few levels).
         "preprocess": pp.model_dump(mode="json", exclude={"decoder"} if pp.decoder == "auto" else None)

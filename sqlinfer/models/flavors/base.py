@@ -1,9 +1,17 @@
 """The flavor contract (:class:`Flavor`) and what every flavor shares: the weights blob the driver
-broadcasts, the defaults a flavor may supply, and reading state_dict files safely."""
+broadcasts, the defaults a flavor may supply, and reading state_dict files safely.
+
+A ``.pt``/``.pth`` file is a pickle, and unpickling can run any code the file names; it is read
+only with torch's restricted unpickler (``weights_only=True``: tensors, containers and numbers),
+which refuses anything else before it is built. A weights file must be inside the project folder
+(after following links) unless the declaration says ``allow_outside_project: true``.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -73,7 +81,7 @@ def weights_path(item: Located, root: Path) -> Path:
     """The declared weights file, which must exist inside the project folder."""
     assert item.decl.weights is not None
     path = inside(root, item.decl.weights, what=f"model {item.decl.name!r}: weights path", path=item.path,
-                  line=item.raw.line_of("weights"))
+                  line=item.raw.line_of("weights"), allow_outside=item.decl.allow_outside_project)
     if not path.is_file():
         raise item.error(f"weights file not found: {path}", code="config.missing_weights", key="weights")
     return path
@@ -95,16 +103,30 @@ def state_dict_weights(item: Located, path: Path) -> Weights:
                              code="config.bad_weights", key="weights") from None
         return Weights("safetensors", data)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns about pickle protocols it did not write: the error below says it all.
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling refused, or not a torch file
-        raise item.error(f"cannot load {path.name} as a state_dict (weights_only=True): {exc}",
-                         code="config.bad_weights", key="weights") from None
+        raise item.error(f"cannot load {path.name} as a state_dict (weights_only=True, nothing in it runs): "
+                         f"{refusal(exc)}", code="config.bad_weights", key="weights") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise item.error(f"{path.name} does not hold a state_dict (a mapping of names to tensors)",
                          code="config.bad_weights", key="weights")
     return Weights("safetensors", save(state_tensors(state)))
+
+
+def refusal(exc: BaseException) -> str:
+    """torch.load's reason for refusing a file, in one line. Its message is paragraphs of advice
+    (one option being to load the file unsafely) around the line that names what the pickle holds,
+    such as ``Unsupported global: GLOBAL posix.system was not an allowed global by default``."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()  # torch puts terminal bold in it
+    found = (re.search(r"WeightsUnpickler error:\s*(.+)", text)
+             or re.search(r"^(.*\b(?:GLOBAL|Unsupported)\b.*)$", text, re.M))
+    reason = found.group(1) if found else (text.splitlines() or [type(exc).__name__])[0]
+    return reason.split(". ")[0].strip().rstrip(".")
 
 
 def state_tensors(state: dict[str, Any]) -> dict[str, Any]:

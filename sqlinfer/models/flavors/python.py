@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlinfer.models.declaration import Located, ModelDecl
 from sqlinfer.models.flavors.base import (
@@ -39,10 +39,10 @@ def project_module_file(decl: ModelDecl, root: Path) -> Path | None:
     return candidate if candidate.is_file() else None
 
 
-def load_class(decl: ModelDecl) -> type:
+def load_class(decl: ModelDecl) -> Any:
+    """What ``class`` names (the driver checks that it is an nn.Module class before any build)."""
     module_name, class_name = split_class_path(decl)
-    cls: type = getattr(importlib.import_module(module_name), class_name)
-    return cls
+    return getattr(importlib.import_module(module_name), class_name)
 
 
 class Python(Flavor):
@@ -58,11 +58,17 @@ class Python(Flavor):
         if project_module_file(item.decl, root) is not None and str(root) not in sys.path:
             # Driver side; workers get the file through SparkContext.addPyFile.
             sys.path.insert(0, str(root))
+        import torch
+
         try:
-            load_class(item.decl)
+            cls = load_class(item.decl)
         except (ImportError, AttributeError) as exc:
             raise item.error(f"cannot import {item.decl.class_path}: {exc}", code="config.bad_class",
                              key="class") from None
+        if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
+            # `class: os:system` with `kwargs: {command: ...}` would otherwise be called to "build" it.
+            raise item.error(f"{item.decl.class_path} is not a torch.nn.Module class", code="config.bad_class",
+                             key="class")
         return state_dict_weights(item, weights_path(item, root))
 
     def file_weights(self, item: Located, root: Path) -> Weights | None:
