@@ -7,16 +7,47 @@ from __future__ import annotations
 
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
-from sqlinfer.errors import ConfigError
+from sqlinfer.errors import ConfigError, closest
 from sqlinfer.yamlfile import IDENTIFIER, LineDict, Strict, load_yaml, validation_error
 
 PROJECT_FILE = "sqlinfer_project.yml"
 SourceFormat = Literal["binaryFile", "parquet", "csv", "json", "orc", "text"]
 SOURCE_FORMATS: tuple[str, ...] = typing.get_args(SourceFormat)
+
+# What `serve: {allow: [...]}` can give back to the clients of `sqlinfer serve` (and to `sqlinfer sql
+# --safe`): the SQL guard (sqlinfer/serve/guard.py) refuses each by default. docs/serve.md says why.
+ALLOW = "allow"
+GUARD_FEATURES: dict[str, str] = {
+    "transform": "SELECT TRANSFORM(...) USING 'command' (runs a shell command)",
+    "reflect": "reflect(), java_method(), try_reflect() (call Java methods)",
+    "add_jar": "ADD JAR",
+    "add_file": "ADD FILE",
+    "add_archive": "ADD ARCHIVE",
+    "create_function": "CREATE [TEMPORARY] FUNCTION ... AS 'java.Class' [USING JAR ...]",
+    "set": "SET key=value and RESET, and settings sent with a connection",
+    "external_paths": "INSERT OVERWRITE DIRECTORY, LOAD DATA, LOCATION outside the warehouse",
+    "jdbc": "CREATE TABLE / TEMPORARY VIEW ... USING jdbc",
+}
+
+
+def _guard_feature(name: str) -> str:
+    if name not in GUARD_FEATURES:
+        raise ValueError(f"{name!r} is not a feature the SQL guard can allow{closest(name, GUARD_FEATURES)}; "
+                         f"use any of {', '.join(GUARD_FEATURES)}")
+    return name
+
+
+# A `serve:` value: a Thrift server setting (hive.server2.*: value), or the `allow:` list. Told apart
+# before validating, so a wrong name in the list is reported as such (not as "not a string").
+ServeValue = Annotated[
+    Annotated[str | int | float | bool, Tag("setting")]
+    | Annotated[list[Annotated[str, AfterValidator(_guard_feature)]], Tag(ALLOW)],
+    Discriminator(lambda value: ALLOW if isinstance(value, list) else "setting"),
+]
 
 
 class Source(Strict):
@@ -53,7 +84,7 @@ class ProjectConfig(Strict):
     sources: dict[str, Source] = Field(default_factory=dict)
     vars: dict[str, Any] = Field(default_factory=dict)
     spark: dict[str, str | int | float | bool] = Field(default_factory=dict)
-    serve: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    serve: dict[str, ServeValue] = Field(default_factory=dict)
 
     @field_validator("models", mode="before")
     @classmethod
@@ -65,6 +96,15 @@ class ProjectConfig(Strict):
     def _identifier(cls, value: str) -> str:
         if not IDENTIFIER.match(value):
             raise ValueError(f"{value!r} must be an identifier (letters, digits, _)")
+        return value
+
+    @field_validator("serve")
+    @classmethod
+    def _serve_allow(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for key, item in value.items():
+            if (key == ALLOW) != isinstance(item, list):
+                raise ValueError(f"`{ALLOW}` takes a list of SQL features, e.g. `allow: [reflect, add_jar]`"
+                                 if key == ALLOW else f"{key!r} takes one value, not a list")
         return value
 
     @field_validator("sources")

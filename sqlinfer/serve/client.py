@@ -61,12 +61,44 @@ def connect(host: str = "127.0.0.1", port: int = 10000, *, username: str | None 
     if timeout_s is not None:
         _socket_of(thrift_transport).setTimeout(timeout_s * 1000)
     try:
-        return hive.Connection(thrift_transport=thrift_transport, username=username, database=database,
-                               configuration=dict(configuration or {}))
+        return _waiting_connection(hive)(thrift_transport=thrift_transport, username=username, database=database,
+                                         configuration=dict(configuration or {}))
     except Exception as exc:  # thrift, SASL and HTTP errors have no common base class
         where = f"{'https' if ssl and transport == 'http' else transport}://{host}:{port}"
         raise ClientError(f"cannot connect to {where} as {username!r} ({auth}): {exc}",
                             code="client.connect_failed") from exc
+
+
+def _waiting_connection(hive: Any) -> type[Connection]:
+    """PyHive's connection, with cursors that run each statement in the background on the server and
+    wait for it by polling, as Hive's JDBC driver (and so beeline) does.
+
+    PyHive's own ``execute`` runs a statement on the server's connection thread until it ends:
+    the server cannot notice that the client went away meanwhile, and a killed client's query
+    runs to its end. With the statement in the background, the connection thread reads the
+    closed socket at once, closes the session, and Spark cancels the session's jobs.
+    """
+    import time
+
+    from TCLIService.ttypes import TOperationState
+
+    running = (TOperationState.INITIALIZED_STATE, TOperationState.PENDING_STATE, TOperationState.RUNNING_STATE)
+
+    class Cursor(hive.Cursor):
+        def execute(self, operation: str, parameters: Any = None, **kwargs: Any) -> None:
+            super().execute(operation, parameters, async_=True)
+            delay = 0.005  # short queries answer in milliseconds; long ones are polled twice a second
+            while (status := self.poll()).operationState in running:
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
+            if status.operationState != TOperationState.FINISHED_STATE:
+                raise hive.OperationalError(status)
+
+    class WaitingConnection(hive.Connection):
+        def cursor(self, *args: Any, **kwargs: Any) -> Cursor:
+            return Cursor(self, *args, **kwargs)
+
+    return WaitingConnection
 
 
 def _binary_transport(host: str, port: int, auth: str, username: str, password: str | None,

@@ -12,6 +12,9 @@ and out of the JVM's command line. This is what ``start-thriftserver.sh --hiveco
 
 Everything that can be checked without Spark (settings, unsafe binds, a busy port, a metastore
 held by another process) is checked before the JVM starts, so mistakes fail in a second.
+
+Clients stay inside SQL: the session is built with the SQL guard (:mod:`sqlinfer.serve.guard`), armed
+once the project is registered and before the server accepts anyone.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sqlinfer.build.config import ALLOW
 from sqlinfer.errors import ServeError
 from sqlinfer.runtime.jvm import end_jvm, jvm_process
 from sqlinfer.runtime.metastore import (
@@ -38,6 +42,7 @@ from sqlinfer.runtime.metastore import (
     metastore_holder,
 )
 from sqlinfer.runtime.settings import conf_text, session_conf
+from sqlinfer.serve.guard import allowed, guard_conf, protect
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -120,12 +125,12 @@ def server_settings(project: Project, cli: Mapping[str, str], host: str | None,
                     port: int | None) -> dict[str, str]:
     """The server's ``hive.server2.*`` settings: defaults < project ``serve:`` < ``--conf`` < flags."""
     for key in project.config.serve:
-        if not key.startswith("hive."):
+        if key != ALLOW and not key.startswith("hive."):
             raise ServeError(
                 f"serve: {key!r} is not a Thrift server setting (they start with `hive.server2.`; "
                 "Spark settings go in the `spark:` section)", code="serve.bad_setting",
                 path=project.project_file, line=project.raw["serve"].line_of(key))
-    settings = {k: conf_text(v) for k, v in project.config.serve.items()}
+    settings = {k: conf_text(v) for k, v in project.config.serve.items() if k != ALLOW}
     settings.update(cli)
     transport = settings.setdefault(TRANSPORT, "binary").lower()
     if transport not in TRANSPORTS:
@@ -318,7 +323,9 @@ def serve(project: Project, *, host: str | None = None, port: int | None = None,
     settings = server_settings(project, cli_hive, host, port)
     warning = check_bind_safety(settings, allow_insecure)
     check_port_free(settings[BIND_HOST], listen_port(settings))
-    effective = session_conf(project.target, master, {**project.config.spark, **spark_conf})
+    # The user's Spark settings with the SQL guard's added (its jar, its check rule, Spark's restricted mode).
+    guarded = guard_conf({**project.config.spark, **spark_conf}, allowed(project))
+    effective = session_conf(project.target, master, guarded)
     ensure_metastore_free(effective, "serve")
     folder = derby_folder(effective.get("spark.hadoop.javax.jdo.option.ConnectionURL", ""))
     project.resolve_models()  # declaration and weight errors before the JVM starts
@@ -332,7 +339,7 @@ def serve(project: Project, *, host: str | None = None, port: int | None = None,
     try:
         for name in OVERRIDING_ENV:
             os.environ.pop(name, None)
-        spark = project.session(master, spark_conf)
+        spark = project.session(master, guarded)
         # pyspark's SparkContext has just put in its own SIGINT handler (cancel jobs, raise
         # KeyboardInterrupt): Ctrl-C must stop the server cleanly instead.
         signal.signal(signal.SIGINT, request_stop)
@@ -354,6 +361,9 @@ def _serve_session(project: Project, spark: SparkSession, settings: Mapping[str,
         for problem in project.warnings:
             echo(f"warning: {problem}")
         _open_metastore(spark, folder)
+        # Before the server starts: the first client must already find the functions and views protected
+        # and its connection's settings refused.
+        protect(spark, project, lock_settings=True)
         server = ThriftServer(spark, settings)
         database = project.config.database if spark.catalog.databaseExists(project.config.database) else "default"
         endpoint = Endpoint(settings[BIND_HOST], server.port, database, settings)
@@ -361,6 +371,8 @@ def _serve_session(project: Project, spark: SparkSession, settings: Mapping[str,
              f"({endpoint.transport}{', TLS' if endpoint.ssl else ''}, authentication {endpoint.auth})")
         for line in connect_hints(endpoint) + _catalog_lines(project, spark, database):
             echo(line)
+        echo(f"  SQL guard: on, allowing {', '.join(allowed(project)) or 'none'} of its features "
+             "(docs/serve.md#what-clients-cannot-do)")
         if warning:
             echo(warning)
         echo("Stop with Ctrl-C or SIGTERM.")
@@ -397,7 +409,7 @@ def _wait(stop: threading.Event, spark: SparkSession) -> None:
         # JVM too; our handler has then set `stop` already, or will within a moment.
         if process is not None and process.poll() is not None and not stop.wait(2.0):
             raise ServeError(f"the Spark JVM exited unexpectedly (exit code {process.returncode}); "
-                             "its log is above", code="serve.jvm_exited")
+                             "why is at the end of Spark's log", code="serve.jvm_exited")
 
 
 def _shutdown(server: ThriftServer | None, spark: SparkSession) -> None:
