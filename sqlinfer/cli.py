@@ -1,18 +1,28 @@
 """The `sqlinfer` command line: parse flags, call the Python API, print. Nothing heavy is imported
-at start-up, so `sqlinfer --help` answers at once."""
+at start-up, so `sqlinfer --help` answers at once.
+
+A failed command prints one line on stderr, ``error: path:line: message [code]``, and exits 1 (2
+for a command line click cannot parse): Spark's log lines and Java stack traces go to the
+project's ``target/logs/spark.log`` (sqlinfer/runtime/jvm.py), which the line names when the
+error came from Spark.
+"""
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from sqlinfer.errors import SqlinferError
+from sqlinfer.errors import BuildError, CommandError, ServeError, SessionError, SqlinferError
 from sqlinfer.text_table import format_table
+
+if TYPE_CHECKING:
+    from sqlinfer.build.runner import RunResult
 
 
 def _conf_pairs(values: tuple[str, ...]) -> dict[str, str]:
@@ -40,7 +50,9 @@ def parse_vars(text: str | None) -> dict[str, Any]:
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise click.BadParameter(f"not YAML: {exc}", param_hint="--vars") from None
+        # PyYAML's text is several lines (the line, a caret under it): its problem fits on one.
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise click.BadParameter(f"not YAML: {problem}", param_hint="--vars") from None
     if not isinstance(value, dict):
         raise click.BadParameter("must be a mapping like '{name: value}'", param_hint="--vars")
     return value
@@ -50,32 +62,113 @@ vars_option = click.option("--vars", "variables", default=None, metavar="YAML",
                            help="Values for var(), e.g. '{eval_split: train}'; win over the project file.")
 
 
+def error_line(error: SqlinferError, log: Path | None = None) -> str:
+    """The one line a failed command prints: ``error: path:line: message [code]``, the message cut
+    at its first line break (the rest goes to Spark's log), naming Spark's ``log`` when given."""
+    message = next((line.strip() for line in error.message.splitlines() if line.strip()), "")
+    where = f"{error.location}: " if error.location else ""
+    named = f" (Spark's log: {_shown(log)})" if log is not None else ""
+    return f"error: {where}{message}{named} [{error.code}]"
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the current folder when it is inside it (``target/logs/spark.log``)."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def fail(error: SqlinferError, detail: str = "") -> NoReturn:
+    """Print ``error`` as its one line and exit 1. An error from Spark names Spark's log, where its
+    detail (Java stack trace, the rest of a long message, ``detail``) is written too."""
+    from sqlinfer.runtime.jvm import exception_chain, is_spark_exception, log_error, spark_log
+
+    log = spark_log()  # None unless this command started a JVM
+    from_spark = any(is_spark_exception(exc) for exc in exception_chain(error))
+    if log is not None and (from_spark or isinstance(error, (BuildError, SessionError, ServeError))):
+        line = error_line(error, log)
+        log_error(error_line(error), error, detail)
+    else:
+        line = error_line(error)
+    click.echo(line, err=True)
+    sys.exit(1)
+
+
 def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     """SqlinferError (and Spark's own errors, translated) -> one clear line on stderr, exit 1."""
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from sqlinfer.runtime.spark_errors import translate
+        from sqlinfer.runtime.jvm import python_logs_to_spark_log, quiet_arrow_udf_hint
+        from sqlinfer.runtime.spark_errors import jvm_ended, translate
 
+        # Here, before any thread starts (see their docstrings).
+        quiet_arrow_udf_hint()
+        python_logs_to_spark_log()
         try:
             return func(*args, **kwargs)
         except SqlinferError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(1)
+            fail(exc)
         except Exception as exc:
-            translated = translate(exc)
+            translated: SqlinferError | None = jvm_ended(exc) or translate(exc)
             if translated is None:
-                raise
-            click.echo(f"error: {translated}", err=True)
-            sys.exit(1)
+                raise  # not the user's error but sqlinfer's: its traceback is the bug report
+            translated.__cause__ = exc  # so the Spark exception's detail reaches the log
+            fail(translated)
 
     return wrapper
+
+
+class UsageLine(click.ClickException):
+    """A command line click cannot parse, shown as the one ``error: ... [cli.usage]`` line (exit 2,
+    click's status for usage errors) instead of click's usage block."""
+
+    exit_code = 2
+
+    def __init__(self, usage: click.UsageError) -> None:
+        super().__init__(usage.format_message())
+        ctx = usage.ctx
+        hint = ""
+        if ctx is not None and ctx.command.get_help_option(ctx) is not None:
+            hint = f" (see '{ctx.command_path} {max(ctx.command.get_help_option_names(ctx), key=len)}')"
+        self.error = CommandError(f"{self.message}{hint}", code="cli.usage")
+
+    def show(self, file: Any = None) -> None:
+        click.echo(error_line(self.error), err=True)
+
+
+# `sqlinfer` alone: click shows the help, which is what a user typing it wants.
+_HELP_INSTEAD = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
+class Commands(click.Group):
+    """The command group: usage errors (an unknown option, a missing argument, a bad value) become
+    one line. They arise while the group or a command parses its arguments, or in a command's
+    own checks (``click.BadParameter``), all within these two methods."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as exc:
+            if isinstance(exc, _HELP_INSTEAD):
+                raise
+            raise UsageLine(exc) from None
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            if isinstance(exc, _HELP_INSTEAD):
+                raise
+            raise UsageLine(exc) from None
 
 
 project_argument = click.argument("project", type=click.Path(file_okay=False, path_type=Path), default=".")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="sqlinfer")
 def main() -> None:
     """sqlinfer: deep-learning models as Spark SQL functions, and SQL projects that build prediction tables."""
@@ -100,19 +193,28 @@ def models(project: Path) -> None:
 @click.option("--limit", default=20, show_default=True, help="Rows to print (ignored with --output).")
 @click.option("--output", "output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write all rows to a .parquet, .csv or .json file instead of printing.")
+@click.option("--safe", is_flag=True,
+              help="Run QUERY under the SQL guard of `sqlinfer serve`: no shell commands, Java calls, code "
+                   "loading or writes outside the warehouse (docs/serve.md).")
 @vars_option
 @spark_options
 @user_errors
-def sql(project: Path, query: str, limit: int, output: Path | None, variables: str | None, master: str | None,
-        conf: tuple[str, ...]) -> None:
+def sql(project: Path, query: str, limit: int, output: Path | None, safe: bool, variables: str | None,
+        master: str | None, conf: tuple[str, ...]) -> None:
     """Run QUERY with the project's model functions, sources and view nodes registered."""
     from sqlinfer.project import Project
     from sqlinfer.runtime.export import write_single_file
-    from sqlinfer.runtime.spark_errors import translate
+    from sqlinfer.runtime.spark_errors import jvm_ended, translate
+    from sqlinfer.serve.guard import allowed, guard_conf, protect, refusal
 
     loaded = Project.load(project, parse_vars(variables))
-    spark = loaded.start(master, _conf_pairs(conf))
+    spark_conf = _conf_pairs(conf)
+    if safe:
+        spark_conf = guard_conf({**loaded.config.spark, **spark_conf}, allowed(loaded))
+    spark = loaded.start(master, spark_conf)
     loaded.register(spark)
+    if safe:
+        protect(spark, loaded)
     for warning in loaded.warnings:
         click.echo(f"warning: {warning}", err=True)
     try:
@@ -125,7 +227,9 @@ def sql(project: Path, query: str, limit: int, output: Path | None, variables: s
     except Exception as exc:
         # Translated here, where the project's model functions are known: an unknown function
         # is then reported with the closest of them.
-        translated = translate(exc, [m.plan.udf_name for m in loaded.resolve_models()])
+        # A refusal first: translate() would report it as an analysis error.
+        functions = [m.plan.udf_name for m in loaded.resolve_models()]
+        translated = refusal(exc) or jvm_ended(exc) or translate(exc, functions)
         if translated is None:
             raise
         raise translated from None
@@ -163,8 +267,30 @@ def build(project: Path, select: tuple[str, ...], exclude: tuple[str, ...], full
     loaded.nodes().load()  # template errors surface before Spark starts
     spark = loaded.start(master, _conf_pairs(conf))
     result = loaded.build(spark, select, exclude, full_refresh, report=click.echo)
-    click.echo(f"Results: {loaded.target / 'run_results.json'}")
-    sys.exit(0 if result.success else 1)
+    results = loaded.target / "run_results.json"
+    click.echo(f"Results: {results}")
+    if not result.success:
+        from sqlinfer.runtime.spark_errors import jvm_ended
+
+        errors = "\n".join(f"node {n.name}: {n.message}" for n in result.nodes if n.status == "error")
+        fail(jvm_ended() or build_failure(result, results), errors)
+
+
+# A node's message in run_results.json: str() of its error, ``path:line: message [code]``.
+_CODED = re.compile(r"(?P<text>.*) \[(?P<code>[a-z]+\.[a-z_]+)\]", re.S)
+
+
+def build_failure(result: RunResult, results: Path) -> SqlinferError:
+    """The error line of a build with failed nodes: one failed node's own error (as its progress
+    line shows it), or, for several, which failed with their codes."""
+    failed = [n for n in result.nodes if n.status == "error"]
+    found = _CODED.fullmatch(failed[0].message) if len(failed) == 1 else None
+    if found:  # the node's own error, already `path:line: message`: a BuildError, as it failed the build
+        return BuildError(found["text"], code=found["code"])
+    names = ", ".join(f"{n.name} ({m['code'] if (m := _CODED.fullmatch(n.message)) else 'error'})" for n in failed)
+    nodes = "nodes" if len(failed) > 1 else "node"
+    return BuildError(f"{len(failed)} {nodes} failed: {names}; each one's error is on its progress line and in "
+                      f"{_shown(results)}", code="build.nodes_failed")
 
 
 @main.command("compile")

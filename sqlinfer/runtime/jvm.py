@@ -1,4 +1,10 @@
-"""The end of the session's JVM, and quieting what PySpark prints about it and about SQL errors.
+"""The session's JVM: where its output goes (Spark's log), its end, and quieting what PySpark
+prints about it and about SQL errors.
+
+Everything the JVM writes to stderr (Spark's log lines, the Python workers' tracebacks and
+output, which the JVM copies to its stderr, the Java launcher's messages) goes to the project's
+``target/logs/spark.log``, not to the terminal: the terminal keeps sqlinfer's own lines, and an
+error is the one line docs/errors.md promises, naming that file (:func:`spark_log`).
 
 PySpark leaves the JVM to notice that Python is gone (its stdin closes) and shut down on its own,
 seconds after the command has returned: meanwhile it still holds the embedded metastore, and the
@@ -10,9 +16,13 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import sys
+import time
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
 
 from sqlinfer.runtime import jvm_cache
 
@@ -21,6 +31,119 @@ if TYPE_CHECKING:
 
 
 _ENDING: set[int] = set()  # JVM pids whose end this process waits for at exit
+_SPARK_LOG: list[Path] = []  # the log of the JVM this process started, once it has started one
+
+
+def open_spark_log(path: Path) -> IO[bytes]:
+    """The file a JVM about to start writes its stderr to; :func:`spark_log` names it from now on.
+
+    Each JVM starts a new log, so the file an error names holds that command's log only; the
+    previous one is kept as ``spark.log.1`` (a build's log survives the `sqlinfer sql` run after it).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        path.replace(path.with_name(f"{path.name}.1"))
+    _SPARK_LOG[:] = [path]
+    return path.open("ab")
+
+
+def spark_log() -> Path | None:
+    """The Spark log of the JVM this process started (:func:`open_spark_log`); None when it started none."""
+    return _SPARK_LOG[0] if _SPARK_LOG else None
+
+
+def log_error(line: str, error: BaseException, detail: str = "") -> None:
+    """Append the error ``line`` a command printed, and what it left out, to the Spark log: the
+    rest of a message longer than a line, ``detail``, and for each other exception behind
+    ``error`` its Python traceback and, for Spark's, the Java stack trace.
+
+    Spark logs a failed task itself, but not an error it hands back to Python (a parse or analysis
+    error): that detail would be nowhere without this. One ``os.write`` in append mode, so the
+    block is not interleaved with the JVM's own lines.
+    """
+    from sqlinfer.errors import SqlinferError
+
+    path = spark_log()
+    if path is None:
+        return
+    parts = [f"{time.strftime('%y/%m/%d %H:%M:%S')} ERROR sqlinfer: {line}\n"]
+    for exc in exception_chain(error):
+        if isinstance(exc, SqlinferError):  # sqlinfer's own: its traceback is not the user's business
+            if "\n" in exc.message.strip():
+                parts.append(f"{exc.message.strip()}\n")
+            continue
+        parts.extend(traceback.format_exception(type(exc), exc, exc.__traceback__, chain=False))
+        java = _java_stack(exc)
+        if java:
+            parts.append(f"Java stack trace:\n{java.rstrip()}\n")
+    if detail:
+        parts.append(f"{detail.rstrip()}\n")
+    _append(path, "".join(parts))
+
+
+def _append(path: Path, text: str) -> None:
+    """``text`` at the end of ``path`` in one ``write`` (O_APPEND: not interleaved with the JVM's lines)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, text.encode(errors="replace"))
+        finally:
+            os.close(fd)
+    except OSError:  # the log is a convenience: what matters has been printed already
+        pass
+
+
+class _SparkLogHandler(logging.Handler):
+    """Python's log records into the Spark log once there is one, else to stderr as Python would."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self.format(record) + "\n"
+        except Exception:  # a record that cannot be formatted: logging's own policy
+            self.handleError(record)
+            return
+        path = spark_log()
+        if path is None:
+            sys.stderr.write(text)
+        else:
+            _append(path, text)
+
+
+def python_logs_to_spark_log() -> None:
+    """Send Python's log records of WARNING and above (py4j's above all) to the Spark log, for a
+    command line: py4j logs a traceback on the root logger when the JVM goes away under a call,
+    through ``logging.exception``, which also installs a stderr handler when the root logger has
+    none; with this one installed first, neither reaches the terminal."""
+    root = logging.getLogger()
+    if not any(isinstance(handler, _SparkLogHandler) for handler in root.handlers):
+        handler = _SparkLogHandler(logging.WARNING)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s (Python): %(message)s",
+                                               "%y/%m/%d %H:%M:%S"))
+        root.addHandler(handler)
+
+
+def exception_chain(error: BaseException) -> list[BaseException]:
+    """``error`` and the exceptions behind it (``__cause__``, else ``__context__``, even after
+    ``raise ... from None``: that hides the context from the terminal, not from the log)."""
+    chain: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and current not in chain and len(chain) < 10:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
+def is_spark_exception(exc: BaseException) -> bool:
+    """Whether ``exc`` comes from Spark or its Java bridge (pyspark's or py4j's classes)."""
+    return type(exc).__module__.split(".")[0] in ("pyspark", "py4j")
+
+
+def _java_stack(exc: BaseException) -> str:
+    """The Java stack trace behind one of pyspark's exceptions (its CapturedException keeps Spark's
+    own text, which its str() leaves out); '' for others. A py4j Py4JJavaError needs none: its
+    str(), in the Python traceback, is the Java stack trace."""
+    captured = getattr(exc, "_stackTrace", None)
+    return captured if isinstance(captured, str) else ""
 
 
 def jvm_process(spark: SparkSession) -> Any:
@@ -96,6 +219,18 @@ def quiet_accumulator_server(spark: SparkSession) -> None:
     server = getattr(spark.sparkContext, "_accumulatorServer", None)
     if server is not None:
         server.handle_error = lambda _request, _address: None
+
+
+def quiet_arrow_udf_hint() -> None:
+    """PySpark warns at each ``arrow_udf(f, type, ArrowUDFType...)`` that type hints are preferred.
+    sqlinfer's calls silence it within ``warnings.catch_warnings()``, but the warm-up thread and
+    the main thread register UDFs at once, and catch_warnings is not thread-safe: one restores the
+    filters while the other still relies on them, and the hint reached the terminal now and then.
+    A filter installed before either starts stays in whatever each restores."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message="It is preferred to specify type hints for arrow UDF",
+                            category=UserWarning)
 
 
 def quiet_query_error_logs() -> None:

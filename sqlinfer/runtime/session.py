@@ -2,7 +2,8 @@
 
 The embedded default is ``local[*]`` with Hive support: the metastore (Derby) and the warehouse
 live under the project's ``target/`` folder, so tables built by one command are seen by the next.
-``master`` and ``conf`` pass straight through to Spark for a real cluster.
+``master`` and ``conf`` pass straight through to Spark for a real cluster. The JVM's stderr, and
+so Spark's log, goes to ``target/logs/spark.log`` (:mod:`sqlinfer.runtime.jvm`).
 """
 
 from __future__ import annotations
@@ -14,9 +15,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sqlinfer.errors import SessionError
 from sqlinfer.runtime import jvm_cache
-from sqlinfer.runtime.jvm import end_jvm_at_exit, quiet_accumulator_server, quiet_query_error_logs
-from sqlinfer.runtime.settings import DAEMON_MODULE, WARM_UP_WORKERS, session_conf
+from sqlinfer.runtime.jvm import (
+    end_jvm_at_exit,
+    open_spark_log,
+    quiet_accumulator_server,
+    quiet_arrow_udf_hint,
+    quiet_query_error_logs,
+)
+from sqlinfer.runtime.settings import DAEMON_MODULE, WARM_UP_WORKERS, session_conf, spark_log_path
 from sqlinfer.runtime.warm_up import warm_up_catalog, warm_up_workers
 
 if TYPE_CHECKING:
@@ -30,6 +38,7 @@ def build_session(target: Path, master: str | None = None, conf: Mapping[str, An
 
     from sqlinfer.runtime.metastore import ensure_metastore_free
 
+    quiet_arrow_udf_hint()
     settings = session_conf(target, master, conf or {})
     ensure_metastore_free(settings)
     new_jvm = SparkContext._gateway is None  # else getOrCreate reuses it
@@ -46,6 +55,8 @@ def build_session(target: Path, master: str | None = None, conf: Mapping[str, An
     for key, value in settings.items():
         builder = builder.config(key, value)
     try:
+        if new_jvm:
+            _launch_jvm(settings, spark_log_path(target))
         spark = builder.enableHiveSupport().getOrCreate()
     except BaseException:
         archive.abandon()
@@ -58,6 +69,29 @@ def build_session(target: Path, master: str | None = None, conf: Mapping[str, An
         warm_up_catalog(spark)
         warm_up_workers(spark)
     return spark
+
+
+def _launch_jvm(settings: dict[str, str], log: Path) -> None:
+    """Start the JVM the session will use, its stderr going to ``log`` instead of the terminal.
+
+    PySpark starts it inside ``getOrCreate`` with the terminal's stderr and no way to pass another,
+    so it is started here, the way PySpark does (every setting a ``--conf`` of spark-submit), with
+    ``popen_kwargs``; ``getOrCreate`` then finds it running. Its stdout stays the command's.
+    """
+    from pyspark import SparkConf, SparkContext
+    from pyspark.errors import PySparkRuntimeError
+    from pyspark.java_gateway import launch_gateway
+
+    conf = SparkConf(loadDefaults=False).setAll(list(settings.items()))
+    with open_spark_log(log) as stderr:  # the JVM has its own copy of the file now
+        try:
+            gateway = launch_gateway(conf, popen_kwargs={"stderr": stderr})
+        except PySparkRuntimeError as exc:
+            if exc.getCondition() != "JAVA_GATEWAY_EXITED":
+                raise
+            raise SessionError("the Spark JVM did not start: is Java 17 or later installed (java on PATH, or "
+                               "JAVA_HOME)?", code="session.jvm_failed") from exc
+    SparkContext._ensure_initialized(gateway=gateway)
 
 
 def _start_early_daemon() -> None:

@@ -1,6 +1,7 @@
 """The Spark settings of a project's session: the embedded default (``local[*]``, Hive metastore
-and warehouse under the project's ``target/``), what sqlinfer needs of any session, and the
-user's ``spark:`` / ``--conf`` on top. Pure functions: nothing here starts Spark."""
+and warehouse under the project's ``target/``), what sqlinfer needs of any session, the user's
+``spark:`` / ``--conf`` on top, and where Spark's own log goes. Pure functions: nothing here
+starts Spark."""
 
 from __future__ import annotations
 
@@ -19,6 +20,15 @@ DAEMON_MODULE = "sqlinfer.runtime.daemon"
 # (see warm_up_workers and warm_up_catalog).
 WARM_UP_WORKERS = "spark.sqlinfer.warmUpWorkers"
 LOG_CONFIG = Path(__file__).parent.parent / "resources" / "log4j2.properties"
+# Where the JVM's stderr goes, under the project's target/: Spark's log lines (LOG_CONFIG writes
+# them to stderr), the Python workers' output (the JVM copies it to its stderr) and the Java
+# launcher's own messages. The terminal keeps sqlinfer's own lines only (docs/errors.md).
+SPARK_LOG = Path("logs") / "spark.log"
+
+
+def spark_log_path(target: Path) -> Path:
+    """The Spark log of a project whose generated files live in ``target``."""
+    return target.resolve() / SPARK_LOG
 
 
 def session_conf(target: Path, master: str | None, conf: Mapping[str, Any]) -> dict[str, str]:

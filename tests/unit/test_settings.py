@@ -16,6 +16,7 @@ from sqlinfer.runtime.settings import (
     conf_text,
     local_jvm_options,
     session_conf,
+    spark_log_path,
 )
 
 LOCAL_JIT = "-XX:TieredStopAtLevel=1 -XX:+UseParallelGC"
@@ -50,6 +51,11 @@ def test_the_log_config_and_daemon_module_exist() -> None:
 
     assert LOG_CONFIG.is_file()
     assert importlib.util.find_spec(DAEMON_MODULE) is not None
+
+
+def test_sparks_log_is_under_the_target(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert spark_log_path(Path("target")) == tmp_path / "target" / "logs" / "spark.log"
 
 
 def test_relative_target_is_made_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
