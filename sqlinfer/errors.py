@@ -95,6 +95,12 @@ CODES: dict[str, tuple[type[SqlinferError], str]] = {
     "config.bad_class": (ConfigError, "`class: module:Class` cannot be imported: put the module in the project "
                          "folder or install it, and check the class name."),
     "config.labels_mismatch": (ConfigError, "The labels file needs one line per network output."),
+    "config.unsafe_torchscript": (ConfigError, "The TorchScript file calls operators that reach files, processes "
+                                  "or other machines (torch.save, torch.from_file, torch.classes, ops outside aten), "
+                                  "so it was not loaded: export the network without them, or give a .safetensors "
+                                  "state_dict to the torchvision or python flavor (docs/reliability.md)."),
+    "config.yaml_too_large": (ConfigError, "The YAML's aliases (*name) expand to too many values, or it nests too "
+                              "deeply: write the values out (docs/reliability.md)."),
     # -- template: rendering a project's SQL files -----------------------------------------------------
     "sql.bad_name": (TemplateError, "SQL file names are node names: use letters, digits and _ only."),
     "sql.duplicate_node": (TemplateError, "Two SQL files have the same name in different folders: rename one."),
@@ -104,13 +110,16 @@ CODES: dict[str, tuple[type[SqlinferError], str]] = {
     "sql.unknown_source": (TemplateError, "source() names no source of sqlinfer_project.yml: fix the name or "
                            "declare it under `sources:`."),
     "sql.bad_config": (TemplateError, "Fix the config() call: known arguments are materialized, unique_key, "
-                       "partition_by and file_format; incremental nodes need unique_key."),
+                       "partition_by, file_format, max_bad_rows and max_bad_fraction; incremental nodes need "
+                       "unique_key."),
     "sql.missing_var": (TemplateError, "Set the variable under `vars:` in the project file, pass --vars, or "
                         "give var() a default."),
     "sql.jinja_syntax": (TemplateError, "Fix the Jinja syntax at the line shown."),
     "sql.undefined": (TemplateError, "The template uses a name that is not defined: check spelling; known are "
                       "ref, source, config, var, is_incremental, this, udfs, the model names and macros."),
     "sql.sandbox": (TemplateError, "Templates run sandboxed: access to Python internals is refused."),
+    "sql.unknown_template": (TemplateError, "{% include %}, {% import %} and {% extends %} name a file of the "
+                             "project's SQL or macros folder, relative to it (without '..')."),
     "dag.cycle": (TemplateError, "The nodes ref() each other in a circle: break the cycle shown."),
     "dag.unknown_node": (TemplateError, "--select/--exclude names no node: the message lists the nodes."),
     # -- build: running on Spark ------------------------------------------------------------------------
@@ -123,11 +132,24 @@ CODES: dict[str, tuple[type[SqlinferError], str]] = {
     "sql.failed": (BuildError, "The query failed while running: the message gives Spark's reason."),
     "udf.failed": (BuildError, "A model function failed on a row with on_error: fail; the message names the "
                    "model and row. Fix the row, or declare on_error: null to get NULL for bad rows."),
+    "udf.worker_died": (BuildError, "A Python worker process died in a task (killed, out of memory, or a crash in "
+                        "the model's code): the table is unchanged. Run again; to let Spark retry such a task, use "
+                        "`--master local[N,2]` (local) or `--conf spark.task.maxFailures=4` (cluster)."),
     "build.failed": (BuildError, "The node failed for a reason Spark did not classify: the message says why."),
+    "sql.refused": (BuildError, "The SQL guard (`sqlinfer serve`, `sqlinfer sql --safe`) refused a statement that "
+                    "would leave SQL or change what every client shares: rewrite it, or allow the feature the "
+                    "message names in `serve: {allow: [...]}` (docs/serve.md)."),
+    "build.nodes_failed": (BuildError, "Several nodes failed: each one's error is on its progress line and in "
+                           "target/run_results.json; fix them one by one (--select NODE builds one)."),
+    "build.too_many_bad_rows": (BuildError, "More input rows failed than the node's max_bad_rows / max_bad_fraction "
+                                "allow; the table is unchanged. Query the model's `<function>_checked` to see why."),
     # -- session ----------------------------------------------------------------------------------------
     "metastore.locked": (SessionError, "Another process holds the project's embedded metastore: stop it (a "
                          "`sqlinfer serve`, `sql` or `build` on the project), or query through the running "
                          "`sqlinfer serve`."),
+    "session.jvm_failed": (SessionError, "The Spark JVM did not start, or ended while the command ran: Spark's "
+                           "log (target/logs/spark.log) says why; check that Java 17 or later is installed (java "
+                           "on PATH, or JAVA_HOME), and the driver's memory and Java options."),
     # -- serve ------------------------------------------------------------------------------------------
     "serve.bad_setting": (ServeError, "Fix the hive.server2.* setting the message names (docs/serve.md)."),
     "serve.bad_host": (ServeError, "--host must be an address or name of this machine."),
@@ -136,7 +158,11 @@ CODES: dict[str, tuple[type[SqlinferError], str]] = {
     "serve.port_in_use": (ServeError, "Choose another --port, or --port 0 for a free one."),
     "serve.port_denied": (ServeError, "Ports below 1024 need root: choose another --port."),
     "serve.start_failed": (ServeError, "The Thrift server did not start: the message gives Java's reason."),
-    "serve.jvm_exited": (ServeError, "The Spark JVM ended on its own: its log is above the message."),
+    "serve.jvm_exited": (ServeError, "The Spark JVM ended on its own: the end of Spark's log "
+                         "(target/logs/spark.log) says why."),
+    "serve.guard_unavailable": (ServeError, "The SQL guard could not be turned on (its jar missing from the "
+                                "package, or a Spark version it does not know): reinstall sqlinfer with the "
+                                "supported pyspark."),
     # -- client -----------------------------------------------------------------------------------------
     "client.missing_pyhive": (ClientError, "Install the client extra: pip install 'sqlinfer[client]'."),
     "client.bad_auth": (ClientError, "Use auth NONE, NOSASL, LDAP, CUSTOM or PAM (for KERBEROS use "
@@ -149,6 +175,8 @@ CODES: dict[str, tuple[type[SqlinferError], str]] = {
     "cli.bad_output": (CommandError, "--output must end in .parquet, .csv or .json."),
     "cli.bad_name": (CommandError, "A project name is an identifier: letters, digits and _."),
     "cli.exists": (CommandError, "`sqlinfer init` writes into a new or empty folder: choose another --dir."),
+    "cli.usage": (CommandError, "The command line cannot be parsed (an unknown option, a missing argument, a bad "
+                  "value): `sqlinfer COMMAND --help` lists what the command takes. Exits with status 2."),
 }
 
 

@@ -169,8 +169,11 @@ class Project:
         if not self.stats:
             self.register(spark, views=False)
         return Runner(spark, self.nodes(), root=self.root, target=self.target, database=self.config.database,
-                      fingerprints={m.plan.udf_name: m.plan.fingerprint for m in self.resolve_models()},
-                      scored=self._rows_scored, report=report)
+                      fingerprints={name: m.plan.fingerprint for m in self.resolve_models()
+                                    for name in (m.plan.udf_name, m.plan.checked_udf_name)},
+                      model_rows=self._model_rows, report=report)
 
-    def _rows_scored(self) -> int:
-        return int(sum(s.totals().get("rows", 0) for s in self.stats.values()))
+    def _model_rows(self) -> tuple[int, int]:
+        """Rows the model functions have scored so far in this session, and the bad ones among them."""
+        totals = [s.totals() for s in self.stats.values()]
+        return int(sum(t.get("rows", 0) for t in totals)), int(sum(t.get("bad_rows", 0) for t in totals))

@@ -16,6 +16,7 @@ from typing import Any
 from sqlinfer.build.dag import CycleError, Graph
 from sqlinfer.build.templating import NodeConfig, RenderContext, Rendered, Renderer, called_functions
 from sqlinfer.errors import TemplateError, closest
+from sqlinfer.models.plan import checked_name
 from sqlinfer.yamlfile import IDENTIFIER
 
 
@@ -80,6 +81,8 @@ class NodeLoader:
         self.sources = set(sources)
         self.vars = variables
         self.udfs = udfs
+        # Each model's function and its `_checked` companion: a node calling either is scored.
+        self._functions = {name for udf in udfs.values() for name in (udf, checked_name(udf))}
         self.files = find_sql_files(sql_dir) if sql_dir.is_dir() else {}
         self._configs: dict[str, NodeConfig] | None = None
         self._manifest: Manifest | None = None
@@ -126,7 +129,7 @@ class NodeLoader:
         for name in self.files:
             rendered = self.render(name, ref)
             nodes[name] = Node(name, self.files[name], self.files[name].relative_to(self.sql_dir).as_posix(),
-                               rendered, called_functions(rendered.sql, set(self.udfs.values())))
+                               rendered, called_functions(rendered.sql, self._functions))
         graph = Graph({name: node.rendered.refs for name, node in nodes.items()})
         try:
             graph.order()

@@ -4,22 +4,31 @@
   functions and read sources, which are session objects too).
 - ``table``: the new data is written completely into a staging table, then names are swapped; the
   old table is dropped only after the new one has its name. A build killed at any point leaves the
-  old table, or the new one, complete under the node's name; the next build finishes or undoes an
-  interrupted swap and removes leftover staging data first.
+  old table, or the new one, complete under the node's name (killed between the two renames: the
+  old one under ``<node>__sqlinfer_old``, and no table under the node's name until the next
+  build); the next build finishes or undoes an interrupted swap and removes leftover staging data
+  first.
 - ``incremental``: the first build writes everything; later builds append only rows whose
-  ``unique_key`` is not in the table yet, de-duplicated by key. The runner renders the node for
-  this with every keyed input filtered by ``NOT EXISTS`` against the table, so old rows never
+  ``unique_key`` is not in the table yet, de-duplicated by key, scored into a staging table
+  first and appended from there (the next build removes what a killed append left in the
+  table's folder, and its key filter completes an append cut off in its commit). The runner
+  renders the node for this with every keyed input filtered by ``NOT EXISTS`` against the table, so old rows never
   reach a model function (Spark does not push an anti join on the result below a Python UDF);
   the anti join here only guards the append against keys the filter could not see. A changed
   model fingerprint (recorded in the table's properties) or ``--full-refresh`` rebuilds it like
   a table.
+
+Before a table is swapped in or new rows appended, the runner's check may refuse the staged data
+(``max_bad_rows`` / ``max_bad_fraction``): the staging table is dropped and the node's table is
+left as it was.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlinfer.build.manifest import Node
 from sqlinfer.build.templating import literal
@@ -31,6 +40,8 @@ STAGING = "__sqlinfer_new"
 BACKUP = "__sqlinfer_old"
 MODELS_PROPERTY = "sqlinfer.models"  # JSON {function name: model fingerprint}
 BUILT_BY_PROPERTY = "sqlinfer.node"
+
+Check = Callable[[], None]  # raises when the staged data must not replace or join the table
 
 
 @dataclass
@@ -68,20 +79,53 @@ class Materializer:
     def _drop_with_data(self, name: str) -> None:
         """Drop a staging/backup table, and its folder even when the metastore lost track of it."""
         self.spark.sql(f"DROP TABLE IF EXISTS {self.qualified(name)}")
-        location = self._default_location(name)
-        jvm = self.spark._jvm  # Hadoop's file system has no Python API
-        assert jvm is not None
-        path = jvm.org.apache.hadoop.fs.Path(location)
-        fs = path.getFileSystem(self.spark._jsc.hadoopConfiguration())
+        fs, path = self._file_system(self._default_location(name))
         if fs.exists(path):
             fs.delete(path, True)
+
+    def _file_system(self, location: str) -> tuple[Any, Any]:
+        """Hadoop's FileSystem and Path of ``location`` (Hadoop's file system has no Python API)."""
+        jvm = self.spark._jvm
+        assert jvm is not None
+        path = jvm.org.apache.hadoop.fs.Path(location)
+        return path.getFileSystem(self.spark._jsc.hadoopConfiguration()), path
 
     def _default_location(self, name: str) -> str:
         database_uri = self.spark.catalog.getDatabase(self.database).locationUri
         return f"{database_uri.rstrip('/')}/{name.lower()}"
 
+    def _location(self, name: str) -> str:
+        """Where the catalog says the table's files are."""
+        rows = self.spark.sql(f"DESCRIBE TABLE EXTENDED {self.qualified(name)}").collect()
+        return next((row[1] for row in rows if row[0] == "Location"), None) or self._default_location(name)
+
+    def _remove_unfinished_writes(self, name: str) -> bool:
+        """Remove what a killed write job left inside the table's own folder; True if there was any.
+
+        Found by tests/functional/test_faults.py (a driver killed in the middle of an append): a
+        write job stages its output under ``_temporary`` in the table's folder, and each finished
+        task moves its files to ``_temporary/0/task_*`` until the job commits. A job whose driver
+        died never commits nor cleans up, and the *next* append's commit moves every
+        ``_temporary/0/task_*`` folder into the table, the dead job's too: the rows of the
+        interrupted append, which the next build scores and appends again, would then be there
+        twice (duplicate keys). Readers never see these hidden folders, so removing them loses
+        nothing. ``.spark-staging-*`` is the same for a partition-overwriting job. A project's
+        tables have one writer at a time (the embedded metastore is one process; two builds of a
+        node at once are not supported on a shared one either), so no live job owns them here.
+        """
+        if not self.exists(name):
+            return False
+        fs, root = self._file_system(self._location(name))
+        removed = False
+        for pattern in ("_temporary", ".spark-staging-*"):
+            for status in fs.globStatus(root.suffix("/" + pattern)) or []:
+                fs.delete(status.getPath(), True)
+                removed = True
+        return removed
+
     def recover(self, name: str) -> str | None:
-        """Finish or undo a swap a killed build left behind; remove leftover staging data."""
+        """Finish or undo a swap a killed build left behind; remove leftover staging data and what a
+        killed append left unfinished in the table's folder."""
         note = None
         if not self.exists(name) and self.exists(name + BACKUP):
             # Killed between the two renames: the old table is complete under the backup name.
@@ -89,6 +133,8 @@ class Materializer:
             note = "restored the previous table after an interrupted build"
         self._drop_with_data(name + STAGING)
         self._drop_with_data(name + BACKUP)
+        if self._remove_unfinished_writes(name):
+            note = "; ".join(x for x in (note, "removed the unfinished output of an interrupted append") if x)
         return note
 
     # -- materializations ---------------------------------------------------------------------------
@@ -122,13 +168,38 @@ class Materializer:
         self.spark.sql(f"CREATE TABLE {self.qualified(name)} USING {cfg.file_format} {partition}"
                        f"TBLPROPERTIES ({props}) AS {frame_sql}")
 
-    def table(self, node: Node, models: dict[str, str]) -> Outcome:
+    def table(self, node: Node, models: dict[str, str], check: Check = lambda: None) -> Outcome:
         note = self.recover(node.name)
         existed = self.exists(node.name)
-        self._create_table_as(node.name + STAGING, node, node.sql, models)
-        rows = self.spark.table(self.qualified(node.name + STAGING)).count()
+        rows = self._stage(node.name, lambda: self._create_table_as(node.name + STAGING, node, node.sql, models),
+                           check)
         self._swap(node.name)
         return Outcome(rows, "rebuilt" if existed else "created", note or "")
+
+    def _stage(self, name: str, create: Callable[[], None], check: Check) -> int:
+        """Write the staging table (``create``), run ``check`` on it and count its rows. If the
+        write fails or the check refuses, the staging table and its folder are removed (the node's
+        table is untouched) and the error goes through.
+
+        Found by tests/functional/test_faults.py: a write that failed (a Python worker died) used
+        to leave the staging table's folder behind until the next build of the node; at 10^9 rows
+        that is a lot of half-written data to keep for nothing.
+        """
+        try:
+            create()
+            check()
+            return int(self.spark.table(self.qualified(name + STAGING)).count())
+        except Exception:
+            self._remove_staging(name)
+            raise
+
+    def _remove_staging(self, name: str) -> None:
+        """Drop the staging table and its folder after a failure, without hiding that failure: if
+        this fails too (the JVM is gone), the next build's recover() removes them."""
+        try:
+            self._drop_with_data(name + STAGING)
+        except Exception:  # the failure being reported matters, not this one
+            pass
 
     def _swap(self, name: str) -> None:
         staging, backup, target = (self.qualified(name + STAGING), self.qualified(name + BACKUP),
@@ -139,7 +210,7 @@ class Materializer:
         self._drop_with_data(name + BACKUP)
 
     def incremental(self, node: Node, incremental_sql: str, models: dict[str, str], rebuild: bool,
-                    reason: str) -> Outcome:
+                    reason: str, check: Check = lambda: None) -> Outcome:
         """Append the new rows of ``incremental_sql``; with ``rebuild`` (``reason`` says why:
         --full-refresh, a changed model) or without a table yet, build it whole like a table."""
         key = node.config.unique_key
@@ -148,16 +219,32 @@ class Materializer:
         if rebuild or not self.exists(node.name):
             frame = self.spark.sql(node.sql).dropDuplicates([key])
             frame.createOrReplaceTempView("__sqlinfer_full")
-            self._create_table_as(node.name + STAGING, node, "SELECT * FROM __sqlinfer_full", models)
-            rows = self.spark.table(self.qualified(node.name + STAGING)).count()
+            rows = self._stage(node.name, lambda: self._create_table_as(node.name + STAGING, node,
+                                                                        "SELECT * FROM __sqlinfer_full", models),
+                               check)
             self._swap(node.name)
             action = "full refresh" if rebuild and reason else "created"
             return Outcome(rows, action, "; ".join(x for x in (note, reason) if x))
-        new_rows = self._new_rows(node, incremental_sql, key)
-        before = self.spark.table(self.qualified(node.name)).count()
-        new_rows.write.insertInto(f"{self.database}.{node.name}")
-        rows = self.spark.table(self.qualified(node.name)).count() - before
+        # The new rows are scored into a staging table first, so a refused check (or a failure
+        # while scoring) appends nothing; the append then copies scored rows and runs no model.
+        self._new_rows(node, incremental_sql, key).createOrReplaceTempView("__sqlinfer_new_rows")
+        rows = self._stage(node.name, lambda: self._create_staging_copy(node), check)
+        # The append's job writes under the table's folder (`_temporary`, hidden from readers) and
+        # moves its files into the table when it commits. Killed before the commit, nothing is
+        # visible and recover() removes the leftovers; killed during the commit (the files are
+        # moved one by one), part of the new rows is visible until the next build, whose key
+        # filter then appends exactly the rest (tests/functional/test_faults.py).
+        try:
+            self.spark.table(self.qualified(node.name + STAGING)).write.insertInto(f"{self.database}.{node.name}")
+        except Exception:
+            self._remove_staging(node.name)
+            raise
+        self._drop_with_data(node.name + STAGING)
         return Outcome(rows, "appended", note or "")
+
+    def _create_staging_copy(self, node: Node) -> None:
+        self.spark.sql(f"CREATE TABLE {self.qualified(node.name + STAGING)} USING {node.config.file_format} "
+                       "AS SELECT * FROM __sqlinfer_new_rows")
 
     def _new_rows(self, node: Node, sql: str, key: str) -> DataFrame:
         target = self.spark.table(self.qualified(node.name))

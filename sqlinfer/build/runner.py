@@ -39,6 +39,7 @@ class NodeResult:
     action: str = ""
     rows: int | None = None
     rows_scored: int = 0  # rows that went through a model function
+    rows_bad: int = 0  # of those, rows a model could not read (NULL, or failed with on_error: fail)
     seconds: float = 0.0
     message: str = ""
     models: dict[str, str] = field(default_factory=dict)  # function -> fingerprint
@@ -86,15 +87,30 @@ def _located(exc: BaseException, node: Node, functions: Iterable[str]) -> Sqlinf
     return translated
 
 
+def _check_bad_rows(node: Node, scored: int, bad: int) -> None:
+    """The node's ``max_bad_rows`` / ``max_bad_fraction`` against what its model functions saw."""
+    cfg = node.config
+    over = []
+    if cfg.max_bad_rows is not None and bad > cfg.max_bad_rows:
+        over.append(f"max_bad_rows: {cfg.max_bad_rows}")
+    if cfg.max_bad_fraction is not None and scored and bad / scored > cfg.max_bad_fraction:
+        over.append(f"max_bad_fraction: {cfg.max_bad_fraction:g}")
+    if over:
+        raise BuildError(f"{bad:,} of {scored:,} rows scored were bad input ({', '.join(over)}); the table "
+                         "is unchanged. The `<function>_checked` functions say why each row failed",
+                         code="build.too_many_bad_rows", path=node.path)
+
+
 class Runner:
     """Compiles and builds one project's nodes on a session.
 
     ``fingerprints`` maps each model function to its model's fingerprint (recorded with the
-    tables that call it); ``scored`` returns how many rows the model functions have scored so far.
+    tables that call it); ``model_rows`` returns how many rows the model functions have scored so
+    far, and how many of those were bad input.
     """
 
     def __init__(self, spark: SparkSession, loader: NodeLoader, *, root: Path, target: Path, database: str,
-                 fingerprints: Mapping[str, str], scored: Callable[[], int],
+                 fingerprints: Mapping[str, str], model_rows: Callable[[], tuple[int, int]],
                  report: Report = lambda _line: None) -> None:
         self.spark = spark
         self.loader = loader
@@ -102,7 +118,7 @@ class Runner:
         self.target = target
         self.database = database
         self.fingerprints = fingerprints
-        self.scored = scored
+        self.model_rows = model_rows
         self.report = report
         self.materializer = Materializer(spark, database)
 
@@ -168,29 +184,38 @@ class Runner:
         rows = "" if r.rows is None else f" {r.action}, {r.rows:,} rows"
         speed = f" ({r.rows_per_second:,.0f} rows/s)" if r.rows_per_second else ""
         scored = f", {r.rows_scored:,} scored" if r.rows_scored else ""
+        scored += f", {r.rows_bad:,} bad" if r.rows_bad else ""
         note = f" [{r.message}]" if r.message else ""
         return f"OK    {r.materialized} {r.name}{rows}{scored} in {r.seconds:.1f}s{speed}{note}"
 
     def _run_node(self, node: Node, result: NodeResult, manifest: Manifest, full_refresh: bool) -> None:
         started = time.perf_counter()
-        scored_before = self.scored()
+        scored_before, bad_before = self.model_rows()
+
+        def check_bad_rows() -> None:
+            scored, bad = (now - before for now, before in zip(self.model_rows(), (scored_before, bad_before),
+                                                                  strict=True))
+            _check_bad_rows(node, scored, bad)
+
         try:
             kind = node.config.materialized
             if kind == "view":
                 outcome = self.materializer.view(node)
             elif kind == "table":
-                outcome = self.materializer.table(node, result.models)
+                outcome = self.materializer.table(node, result.models, check_bad_rows)
             else:
                 refresh, reason = self._refresh_reason(node, result.models, full_refresh)
                 incremental_sql = self._incremental_sql(node, manifest)
-                outcome = self.materializer.incremental(node, incremental_sql, result.models, refresh, reason)
+                outcome = self.materializer.incremental(node, incremental_sql, result.models, refresh, reason,
+                                                        check_bad_rows)
             result.status, result.rows = "success", outcome.rows
             result.action, result.message = outcome.action, outcome.note
         except Exception as exc:  # a failed node is reported, its descendants skipped
             error = _located(exc, node, self.fingerprints)
             result.status, result.message = "error", str(error)
         result.seconds = time.perf_counter() - started
-        result.rows_scored = self.scored() - scored_before
+        scored, bad = self.model_rows()
+        result.rows_scored, result.rows_bad = scored - scored_before, bad - bad_before
 
     def _incremental_sql(self, node: Node, manifest: Manifest) -> str:
         """The node's SQL for an incremental run: every input that has the unique key column reads

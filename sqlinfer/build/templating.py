@@ -3,10 +3,17 @@
 
 Dependencies are captured while rendering (each `ref()`/`source()` call is recorded), not by
 searching the text. Errors name the file and the line of the template.
+
+The sandbox is Jinja's immutable one: no attribute that starts with ``_`` (so no ``__class__``,
+``__globals__``, ``__mro__``, name-mangled privates), no unsafe attributes of functions, frames
+or generators, ``str.format`` checked the same way, and no changing of lists and dicts in place
+(a node cannot change a `var()` value or `udfs` for the nodes rendered after it). Whatever it
+refuses is a ``sql.sandbox`` error at the file and line of the expression.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 from collections.abc import Callable, Mapping
@@ -16,12 +23,12 @@ from types import FrameType, TracebackType
 from typing import Any
 
 import jinja2
-from jinja2.sandbox import SandboxedEnvironment
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from sqlinfer.errors import TemplateError
 
 MATERIALIZATIONS = ("view", "table", "incremental")
-CONFIG_KEYS = ("materialized", "unique_key", "partition_by", "file_format")
+CONFIG_KEYS = ("materialized", "unique_key", "partition_by", "file_format", "max_bad_rows", "max_bad_fraction")
 TABLE_FORMATS = ("parquet", "orc", "json", "csv", "delta", "iceberg")
 
 
@@ -29,7 +36,8 @@ class SqlLiteral:
     """A `var()` value: renders as a safely quoted SQL literal; ``.raw`` is the value itself.
 
     Spark SQL processes backslash escapes in string literals, so both ``\\`` and ``'`` are escaped:
-    ``x' OR '1'='1`` and ``ends with \\`` stay one literal each.
+    ``x' OR '1'='1`` and ``ends with \\`` stay one literal each. ``${`` is written ``$\\{`` (Spark
+    would replace ``${env:HOME}`` with a value of its own), NaN and infinities as casts.
     """
 
     def __init__(self, value: Any) -> None:
@@ -48,11 +56,17 @@ def literal(value: Any) -> str:
         return "NULL"
     if isinstance(value, bool):
         return "TRUE" if value else "FALSE"
+    if isinstance(value, float) and not math.isfinite(value):
+        # repr() gives nan / inf, which Spark would read as column names.
+        text = "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+        return f"CAST('{text}' AS DOUBLE)"
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, (list, tuple)):
         return ", ".join(literal(v) for v in value)
-    text = str(value).replace("\\", "\\\\").replace("'", "\\'")
+    # Spark substitutes ${name}, ${env:NAME}, ${system:name} in the SQL text before parsing it,
+    # string literals included; `$\{` is no reference, and Spark reads `\{` as `{`.
+    text = str(value).replace("\\", "\\\\").replace("'", "\\'").replace("${", "$\\{")
     return f"'{text}'"
 
 
@@ -62,6 +76,9 @@ class NodeConfig:
     unique_key: str | None = None
     partition_by: tuple[str, ...] = ()
     file_format: str = "parquet"
+    # Bad input rows (NULL from a model function) the node may have before it fails; None: any.
+    max_bad_rows: int | None = None
+    max_bad_fraction: float | None = None
 
 
 @dataclass
@@ -131,6 +148,16 @@ class _Recorder:
                 raise _RenderError(f"config(): file_format must be one of {', '.join(TABLE_FORMATS)}",
                                      "sql.bad_config")
             cfg.file_format = kwargs["file_format"]
+        if "max_bad_rows" in kwargs:
+            value = kwargs["max_bad_rows"]
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise _RenderError("config(): max_bad_rows must be a whole number >= 0", "sql.bad_config")
+            cfg.max_bad_rows = value
+        if "max_bad_fraction" in kwargs:
+            value = kwargs["max_bad_fraction"]
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+                raise _RenderError("config(): max_bad_fraction must be a number from 0 to 1", "sql.bad_config")
+            cfg.max_bad_fraction = float(value)
         return ""
 
     def var(self, name: str, *default: Any) -> SqlLiteral:
@@ -158,15 +185,25 @@ def template_line(frame: Any) -> int | None:
     return template.get_corresponding_lineno(frame.f_lineno)
 
 
-def _traceback_line(tb: TracebackType | None, path: Path) -> int | None:
-    """The template line where an error was raised. Jinja rewrites tracebacks so that frames of
-    template code carry the template's own line numbers."""
-    line = None
+def _located(exc: BaseException, path: Path) -> dict[str, Any]:
+    """``path`` and ``line`` for the TemplateError that reports ``exc``."""
+    where, line = _traceback_location(exc.__traceback__, path)
+    return {"path": where, "line": line}
+
+
+def _traceback_location(tb: TracebackType | None, path: Path) -> tuple[str, int | None]:
+    """The template file and line where an error was raised: the innermost frame of template code
+    (a macro's or an included file's own line, not the line that called it), else ``path``. Jinja
+    rewrites tracebacks so that frames of template code carry the template's own line numbers."""
+    where: tuple[str, int | None] = (str(path), None)
     while tb is not None:
-        if tb.tb_frame.f_code.co_filename == str(path):
-            line = template_line(tb.tb_frame) or tb.tb_lineno
+        frame = tb.tb_frame
+        # A template's compiled code, or the frame Jinja put in its place (which has the template's line).
+        in_template = bool({"__jinja_template__", "__jinja_exception__"} & frame.f_globals.keys())
+        if in_template or frame.f_code.co_filename == str(path):
+            where = (frame.f_code.co_filename, template_line(frame) or tb.tb_lineno)
         tb = tb.tb_next
-    return line
+    return where
 
 
 class Renderer:
@@ -174,8 +211,12 @@ class Renderer:
 
     def __init__(self, sql_dir: Path, macros_dir: Path) -> None:
         search = [str(sql_dir)] + ([str(macros_dir)] if macros_dir.is_dir() else [])
-        self.env = SandboxedEnvironment(loader=jinja2.FileSystemLoader(search), undefined=jinja2.StrictUndefined,
-                                        autoescape=False, keep_trailing_newline=True)
+        self.env = ImmutableSandboxedEnvironment(loader=jinja2.FileSystemLoader(search),
+                                                 undefined=jinja2.StrictUndefined, autoescape=False,
+                                                 keep_trailing_newline=True)
+        # Jinja's other globals (range, dict, cycler, joiner, namespace) help build SQL text and
+        # expose nothing the sandbox lets through; lorem ipsum does neither.
+        self.env.globals.pop("lipsum", None)
         self.macros = sorted(macros_dir.glob("*.sql")) if macros_dir.is_dir() else []
 
     def render(self, path: Path, relative: str, context: RenderContext) -> Rendered:
@@ -195,14 +236,16 @@ class Renderer:
             raise TemplateError(f"Jinja syntax error: {exc.message}", code="sql.jinja_syntax",
                                 path=exc.filename or path, line=exc.lineno) from None
         except _RenderError as exc:
-            raise TemplateError(str(exc), code=exc.code, path=path,
-                                line=_traceback_line(exc.__traceback__, path)) from None
+            raise TemplateError(str(exc), code=exc.code, **_located(exc, path)) from None
         except jinja2.UndefinedError as exc:
-            raise TemplateError(f"undefined in template: {exc.message}", code="sql.undefined", path=path,
-                                line=_traceback_line(exc.__traceback__, path)) from None
+            raise TemplateError(f"undefined in template: {exc.message}", code="sql.undefined",
+                                **_located(exc, path)) from None
         except jinja2.exceptions.SecurityError as exc:
-            raise TemplateError(f"not allowed in templates: {exc}", code="sql.sandbox", path=path,
-                                line=_traceback_line(exc.__traceback__, path)) from None
+            raise TemplateError(f"not allowed in templates: {exc}", code="sql.sandbox", **_located(exc, path)) from None
+        except jinja2.TemplateNotFound as exc:
+            # {% include %} / {% import %} of a file that is not there, or of a path with '..' in it.
+            raise TemplateError(f"no template {exc.name!r} in the SQL or macros folder", code="sql.unknown_template",
+                                **_located(exc, path)) from None
         return recorder.rendered
 
 

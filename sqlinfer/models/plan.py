@@ -11,6 +11,11 @@ from sqlinfer.models.declaration import ModelDecl, Preprocess
 DEFAULT_BATCH_SIZE = {"cpu": 16, "cuda": 64}
 
 
+def checked_name(udf_name: str) -> str:
+    """``<function>_checked``: the model function that also says why a row has no result."""
+    return f"{udf_name}_checked"
+
+
 @dataclass(frozen=True)
 class ModelPlan:
     """A resolved declaration: defaults filled in, sizes fixed, labels read, fingerprint computed.
@@ -32,6 +37,15 @@ class ModelPlan:
     @property
     def udf_name(self) -> str:
         return self.decl.udf_name
+
+    @property
+    def checked_udf_name(self) -> str:
+        """The companion function that returns each row's result with why it failed, if it did."""
+        return checked_name(self.decl.udf_name)
+
+    @property
+    def checked_return_type(self) -> str:
+        return f"struct<result: {self.decl.return_type}, error: struct<kind: string, message: string>>"
 
     def batch_size(self, device: str) -> int:
         return self.decl.batch_size or DEFAULT_BATCH_SIZE["cpu" if device == "cpu" else "cuda"]

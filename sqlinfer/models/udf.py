@@ -3,7 +3,9 @@
 Each model becomes a scalar-iterator Arrow UDF (``Iterator[pa.Array] -> Iterator[pa.Array]``, the
 pandas-free form of Spark's iterator pandas UDF): the weights are broadcast once from the driver,
 and each Python worker builds the network at most once (:mod:`sqlinfer.worker.model_cache`) and
-scores each task with :func:`sqlinfer.worker.score.score`.
+scores each task with :func:`sqlinfer.worker.score.score`. A second function,
+``<function>_checked``, returns ``struct<result, error: struct<kind, message>>``: why a row has
+no result, in SQL, from the same single decode.
 Per-worker counters (model builds, rows, timings) come back through a Spark accumulator.
 """
 
@@ -82,9 +84,13 @@ def register(spark: SparkSession, model: ResolvedModel) -> UdfStats:
     def predict(arrays: Iterator[Any]) -> Iterator[Any]:
         return score(plan, lambda: weights.value, arrays, count)
 
+    def predict_checked(arrays: Iterator[Any]) -> Iterator[Any]:
+        return score(plan, lambda: weights.value, arrays, count, with_reasons=True)
+
     with warnings.catch_warnings():
         # PySpark prefers type hints to an explicit UDF type; both mean the same here.
         warnings.simplefilter("ignore", UserWarning)
-        udf = arrow_udf(predict, plan.decl.return_type, ArrowUDFType.SCALAR_ITER)
-    spark.udf.register(plan.udf_name, udf)
+        spark.udf.register(plan.udf_name, arrow_udf(predict, plan.decl.return_type, ArrowUDFType.SCALAR_ITER))
+        spark.udf.register(plan.checked_udf_name,
+                           arrow_udf(predict_checked, plan.checked_return_type, ArrowUDFType.SCALAR_ITER))
     return UdfStats(accumulator)

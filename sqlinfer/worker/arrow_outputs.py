@@ -9,8 +9,12 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from sqlinfer.worker.decode import BadInput
+
 # The Arrow form of models.declaration.LABEL_STRUCT, the element of `label` and `topk` outputs.
 LABEL_TYPE = pa.struct([("label", pa.string()), ("index", pa.int32()), ("score", pa.float32())])
+# Why a row has no result, in a model's `<function>_checked` companion (NULL for good rows).
+ERROR_TYPE = pa.struct([("kind", pa.string()), ("message", pa.string())])
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -61,3 +65,16 @@ def to_arrow(kind: str, outputs: np.ndarray, ok: np.ndarray, labels: tuple[str, 
     offsets = pa.array(np.concatenate([[0], np.cumsum(per_row)]).astype(np.int32))
     structs = _label_struct(top.reshape(-1), top_scores.reshape(-1), labels, None)
     return pa.ListArray.from_arrays(offsets, structs, mask=pa.array(~ok))
+
+
+def with_errors(result: pa.Array, errors: list[tuple[int, BadInput]]) -> pa.StructArray:
+    """``result`` and each row's error side by side: ``struct<result, error: struct<kind, message>>``;
+    the error of a good row is NULL."""
+    kinds: list[str | None] = [None] * len(result)
+    messages: list[str | None] = [None] * len(result)
+    for row, error in errors:
+        kinds[row], messages[row] = error.kind, error.detail
+    good = pa.array([kind is None for kind in kinds])
+    error = pa.StructArray.from_arrays([pa.array(kinds, pa.string()), pa.array(messages, pa.string())],
+                                       fields=list(ERROR_TYPE), mask=good)
+    return pa.StructArray.from_arrays([result, error], names=["result", "error"])

@@ -28,6 +28,7 @@ class BadInput(ValueError):
     def __init__(self, kind: str, detail: str) -> None:
         super().__init__(f"{kind}: {detail}")
         self.kind = kind
+        self.detail = detail
 
 
 def resize_size(width: int, height: int, resize: int | Sequence[int]) -> tuple[int, int]:
@@ -60,6 +61,8 @@ def decode_image(data: bytes | None, pp: Preprocess, out: np.ndarray) -> None:
                 image = image.convert(pp.color_mode)
     except BadInput:
         raise
+    except Image.DecompressionBombError as exc:  # declared over twice PIL's limit: refused unread
+        raise BadInput("too_large", str(exc)) from None
     except Exception as exc:  # PIL raises many types for broken files
         raise BadInput("undecodable", f"{type(exc).__name__}: {exc}") from None
     resample = _RESAMPLE[pp.interpolation]

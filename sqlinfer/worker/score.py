@@ -2,7 +2,8 @@
 
 The flow for one Spark task: Arrow batches of input values -> fixed-size model batches
 (``batch_size``, whatever Arrow's batch size) -> decode/preprocess on a background thread while the
-previous batch runs through the network (two batches in flight at most) -> Arrow output arrays.
+previous batch runs through the network -> Arrow output arrays. A batch's outputs are turned into
+Arrow after the next batch has started, so on a GPU the device always has queued work.
 
 Where the time goes and why the code looks like this (docs/performance.md has the figures):
 - the forward pass is over 90% of a CPU worker's time: torch gets the task's cores
@@ -10,8 +11,11 @@ Where the time goes and why the code looks like this (docs/performance.md has th
   batch norms are folded into the convolutions before them;
 - images are decoded straight into a reusable channels-last (N, H, W, C) uint8 batch buffer, PIL's
   own pixel order, so the batch becomes the network's input without a transposing copy;
-- on a GPU the buffers are pinned and copied without blocking, the task's cores decode rows in
-  parallel, and the network may run in fp16/bf16 (``precision``);
+- on a GPU the task's cores decode rows in parallel, in processes (:mod:`sqlinfer.worker.decode_pool`,
+  threads would wait on the GIL), into pinned shared buffers; JPEGs may be decoded on the GPU
+  itself (:mod:`sqlinfer.worker.gpu_decode`); the next batch is uploaded on a second CUDA stream
+  while the network runs, outputs come back without blocking, and the network may run in
+  fp16/bf16 (``precision``);
 - the network is built on a background thread while the first batch decodes, and once per process.
 """
 
@@ -20,7 +24,8 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,9 +33,10 @@ import numpy as np
 import pyarrow as pa
 
 from sqlinfer.models.flavors.base import Weights
-from sqlinfer.models.network import Network
+from sqlinfer.models.network import Network, Outputs
 from sqlinfer.models.plan import ModelPlan
-from sqlinfer.worker.arrow_outputs import to_arrow
+from sqlinfer.worker import decode_pool
+from sqlinfer.worker.arrow_outputs import to_arrow, with_errors
 from sqlinfer.worker.decode import BadInput, decode_image, read_tensor
 from sqlinfer.worker.device import choose_device, task_threads
 from sqlinfer.worker.gpu_decode import decode_on_device, device_batch, route, wants_gpu_decode
@@ -49,7 +55,7 @@ class PreparedBatch:
     ok: np.ndarray  # bool per row
     errors: list[tuple[int, BadInput]] = field(default_factory=list)
     seconds: float = 0.0
-    on_device: Any = None  # with device decoding: the whole batch, N x C x H x W uint8, on the device
+    on_device: Any = None  # on a GPU (or with device decoding): the whole batch on the device, N x C x H x W
 
 
 def tune_malloc() -> None:
@@ -104,10 +110,12 @@ def rebatch(arrays: Iterable[pa.Array], size: int) -> Iterator[list[Any]]:
 
 class BatchBuffers:
     """A ring of preallocated input batches, reused for the whole task: images are decoded
-    straight into them. On a GPU they are pinned, so host-to-device copies need no staging copy
-    and can run asynchronously. Three buffers: one in the network, one being decoded, one spare."""
+    straight into them. With decoder processes they live in the pool's shared memory. On a GPU
+    they are pinned, so host-to-device copies need no staging copy and can run asynchronously.
+    Three buffers: one being uploaded or in the network, one being decoded, one spare."""
 
-    def __init__(self, plan: ModelPlan, batch_size: int, pinned: bool, count: int = 3) -> None:
+    def __init__(self, plan: ModelPlan, batch_size: int, pinned: bool, pool: decode_pool.DecodePool | None = None,
+                 count: int = 3) -> None:
         import torch
 
         shape: tuple[int, ...]
@@ -116,7 +124,12 @@ class BatchBuffers:
             shape, dtype = (batch_size, height, width, channels), torch.uint8  # decode_image's layout
         else:
             shape, dtype = (batch_size, *plan.input_shape), torch.float32
-        self._arrays = [torch.empty(shape, dtype=dtype, pin_memory=pinned).numpy() for _ in range(count)]
+        if pool is not None:
+            self._arrays = pool.buffers(shape, count)
+            for array in self._arrays if pinned else ():
+                pool.pin(array)
+        else:
+            self._arrays = [torch.empty(shape, dtype=dtype, pin_memory=pinned).numpy() for _ in range(count)]
         self._next = 0
 
     def take(self, rows: int) -> np.ndarray:
@@ -125,62 +138,126 @@ class BatchBuffers:
         return array[:rows]
 
 
-def prepare(plan: ModelPlan, values: list[Any], out: np.ndarray,
-            rows_pool: ThreadPoolExecutor | None = None, decode_device: str | None = None) -> PreparedBatch:
+class SideStream:
+    """Where a batch is made ready on a CUDA device while the network runs the previous one: a
+    second stream for the upload and for device decoding. On other devices it does nothing."""
+
+    def __init__(self, device: str) -> None:
+        import torch
+
+        self._stream = torch.cuda.Stream(torch.device(device)) if device.startswith("cuda") else None
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        """Queue the enclosed work on the side stream, and wait for it (on this thread) at the end,
+        so the batch is on the device, and its host buffer free, once :func:`prepare` returns."""
+        if self._stream is None:
+            yield
+            return
+        import torch
+
+        with torch.cuda.stream(self._stream):
+            yield
+        self._stream.synchronize()
+
+
+def prepare(plan: ModelPlan, values: list[Any], out: np.ndarray, pool: decode_pool.DecodePool | None = None,
+            decode_device: str | None = None, upload_to: str | None = None,
+            side: SideStream | None = None) -> PreparedBatch:
     """Decode/reshape ``values`` into ``out`` (a slice of :class:`BatchBuffers`), row by row, or
-    spread over ``rows_pool``'s threads (PIL releases the GIL while decoding). With
-    ``decode_device``, the JPEG rows it can take are decoded there together
-    (:mod:`sqlinfer.worker.gpu_decode`) and the whole batch ends up on that device."""
+    spread over ``pool``'s decoder processes. With ``decode_device``, the JPEG rows it can take are
+    decoded there together (:mod:`sqlinfer.worker.gpu_decode`) and the whole batch ends up on that
+    device; with ``upload_to`` (a CUDA device) the batch is copied there. Both happen on ``side``."""
     started = time.perf_counter()
     pp = plan.preprocess  # set for image input, None for tensors
     ok = np.ones(len(values), dtype=bool)
     errors: list[tuple[int, BadInput]] = []
     on_device = None
     cpu_rows: Sequence[int] = range(len(values))
+    side = side or SideStream("cpu")
     if decode_device is not None and pp is not None:
         routed = route(values, pp)
-        decoded = decode_on_device([values[r] for r in routed.device_rows], pp, decode_device) \
-            if routed.device_rows else []
-        if decoded is not None:  # else the decoder refused the batch: every row on the CPU
-            cpu_rows = routed.cpu_rows
-            on_device = device_batch(len(values), plan.input_shape, decode_device)
-            for row, image in zip(routed.device_rows, decoded, strict=True):
-                if tuple(image.shape) != plan.input_shape:
-                    ok[row] = False
-                    errors.append((row, BadInput("wrong_size", f"image is {tuple(image.shape)} after "
-                                                 f"preprocessing, expected {plan.input_shape}")))
-                else:
-                    on_device[row] = image
-
-    def one(row: int) -> None:
-        try:
-            if pp is not None:
-                decode_image(values[row], pp, out[row])
-            else:
-                read_tensor(values[row], out[row])
-        except BadInput as exc:
-            ok[row] = False
-            errors.append((row, exc))
-
-    if rows_pool is None or len(cpu_rows) < 2:
-        for row in cpu_rows:
-            one(row)
+        with side.active():
+            decoded = decode_on_device([values[r] for r in routed.device_rows], pp, decode_device) \
+                if routed.device_rows else []
+            if decoded is not None:  # else the decoder refused the batch: every row on the CPU
+                cpu_rows = routed.cpu_rows
+                on_device = device_batch(len(values), plan.input_shape, decode_device)
+                for row, image in zip(routed.device_rows, decoded, strict=True):
+                    if tuple(image.shape) != plan.input_shape:
+                        ok[row] = False
+                        errors.append((row, BadInput("wrong_size", f"image is {tuple(image.shape)} after "
+                                                     f"preprocessing, expected {plan.input_shape}")))
+                    else:
+                        on_device[row] = image
+    if pool is not None and pp is not None and len(cpu_rows) > 1:
+        errors += pool.decode(values, cpu_rows, pp, out)
     else:
-        list(rows_pool.map(one, cpu_rows))
+        for row in cpu_rows:
+            try:
+                if pp is not None:
+                    decode_image(values[row], pp, out[row])
+                else:
+                    read_tensor(values[row], out[row])
+            except BadInput as exc:
+                ok[row] = False
+                errors.append((row, exc))
+    for row, _ in errors:
+        ok[row] = False
     errors.sort(key=lambda item: item[0])
-    if on_device is not None and len(cpu_rows):
-        import torch
+    with side.active():
+        if on_device is not None and len(cpu_rows):
+            # The rows decoded on the CPU join the batch on the device: one upload, then a gather.
+            import torch
 
-        # The rows decoded on the CPU join the batch on the device: one upload, then a gather.
-        host = torch.from_numpy(out).permute(0, 3, 1, 2).to(on_device.device, non_blocking=True)
-        index = torch.as_tensor(list(cpu_rows), device=on_device.device)
-        on_device[index] = host[index]
+            index = torch.as_tensor(list(cpu_rows), device=on_device.device)
+            on_device[index] = _as_tensor(out, plan).to(on_device.device, non_blocking=True)[index]
+        elif on_device is None and upload_to is not None:
+            on_device = _as_tensor(out, plan).to(upload_to, non_blocking=True)
     return PreparedBatch(out, ok, errors, time.perf_counter() - started, on_device)
 
 
+def _as_tensor(out: np.ndarray, plan: ModelPlan) -> Any:
+    """A batch buffer as the network's input tensor (images: a channels-last N, C, H, W view)."""
+    import torch
+
+    tensor = torch.from_numpy(out)
+    return tensor.permute(0, 3, 1, 2) if plan.decl.input == "image" else tensor
+
+
+def decode_ahead(pool: ThreadPoolExecutor, chunks: Iterator[list[Any]],
+                 prepare_chunk: Callable[[list[Any]], PreparedBatch]) -> Iterator[PreparedBatch]:
+    """The prepared batches of ``chunks``, each prepared on ``pool`` while the caller works on the
+    one before. The first starts now, before the caller asks for it (the model builds meanwhile)."""
+    first = next(chunks, None)
+    if first is None:
+        return iter(())
+    pending = pool.submit(prepare_chunk, first)
+
+    def batches() -> Iterator[PreparedBatch]:
+        nonlocal pending
+        for chunk in chunks:
+            current = pending.result()
+            pending = pool.submit(prepare_chunk, chunk)
+            yield current
+        yield pending.result()
+
+    return batches()
+
+
+def row_decoders(plan: ModelPlan, device: str, threads: int) -> decode_pool.DecodePool | None:
+    """Decoder processes for a GPU worker's image rows, one per task core: the network needs
+    little CPU there, and threads would be held back by the GIL. None on CPU workers, where the
+    task's cores run the network and one thread decodes ahead."""
+    if device == "cpu" or threads < 2 or plan.decl.input != "image" or not decode_pool.supported():
+        return None
+    return decode_pool.shared_pool(threads)
+
+
 def score(plan: ModelPlan, load_weights: Callable[[], Weights], arrays: Iterator[pa.Array],
-          stats: Stats) -> Iterator[pa.Array]:
-    """Score one task's input: the body of the UDF."""
+          stats: Stats, with_reasons: bool = False) -> Iterator[pa.Array]:
+    """Score one task's input: the body of the UDF. ``with_reasons`` (the ``_checked`` companion
+    function): each output row is ``{result, error}``, and a bad row never fails the task."""
     import torch
 
     tune_malloc()
@@ -189,59 +266,74 @@ def score(plan: ModelPlan, load_weights: Callable[[], Weights], arrays: Iterator
     torch.set_num_threads(threads)
     batch_size = plan.batch_size(device)
     on_gpu = device != "cpu"
-    buffers = BatchBuffers(plan, batch_size, pinned=on_gpu)
-    # On CPU the task's cores run the network and one thread decodes ahead; on a GPU the network
-    # needs little CPU, so the task's cores decode the rows of a batch in parallel.
-    rows_pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sqlinfer-decode") \
-        if on_gpu and threads > 1 else None
+    pool = row_decoders(plan, device, threads)
+    buffers = BatchBuffers(plan, batch_size, pinned=on_gpu, pool=pool)
     decode_device = device if wants_gpu_decode(plan.preprocess, device) else None
-    try:
-        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="sqlinfer") as pool:
-            # The model builds while the first batch decodes.
-            model_future = pool.submit(get_model, plan, load_weights, stats)
-            chunks = rebatch(arrays, batch_size)
-            first = next(chunks, None)
-            if first is None:
-                model_future.result()
-                return
-            pending: Future[PreparedBatch] = pool.submit(prepare, plan, first, buffers.take(len(first)), rows_pool,
-                                                         decode_device)
-            model = model_future.result()
-            rows_done = 0
-            for chunk in chunks:
-                current = pending.result()
-                # Decode the next batch during this forward pass.
-                pending = pool.submit(prepare, plan, chunk, buffers.take(len(chunk)), rows_pool, decode_device)
-                yield _run(model, current, rows_done, stats)
-                rows_done += len(current.ok)
-            yield _run(model, pending.result(), rows_done, stats)
-    finally:
-        if rows_pool is not None:
-            rows_pool.shutdown(wait=True)
+    side = SideStream(device)
+
+    def prepare_chunk(chunk: list[Any]) -> PreparedBatch:
+        return prepare(plan, chunk, buffers.take(len(chunk)), pool, decode_device, device if on_gpu else None, side)
+
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="sqlinfer") as threads_pool:
+        # The model builds while the first batch decodes.
+        model_future = threads_pool.submit(get_model, plan, load_weights, stats)
+        batches = decode_ahead(threads_pool, rebatch(arrays, batch_size), prepare_chunk)
+        model = model_future.result()
+        rows_done = 0
+        running: Running | None = None
+        for batch in batches:
+            # Start this batch, then finish the one before while this one runs (on a GPU).
+            started = _launch(model, batch, rows_done, fail_on_bad_rows=not with_reasons)
+            rows_done += len(batch.ok)
+            if running is not None:
+                yield running.finish(stats, with_reasons)
+            running = started
+        if running is not None:
+            yield running.finish(stats, with_reasons)
 
 
-def _run(model: Network, batch: PreparedBatch, rows_before: int, stats: Stats) -> pa.Array:
+@dataclass
+class Running:
+    """A batch in the network: its outputs come back with :meth:`finish`."""
+
+    model: Network
+    batch: PreparedBatch
+    outputs: Outputs | None  # None: no good rows
+    seconds: float  # spent starting it
+
+    def finish(self, stats: Stats, with_reasons: bool = False) -> pa.Array:
+        started = time.perf_counter()
+        plan = self.model.plan
+        outputs = self.outputs.result() if self.outputs is not None else np.zeros((0, plan.num_outputs), np.float32)
+        result = to_arrow(plan.decl.output, outputs, self.batch.ok, plan.labels, plan.decl.k)
+        stats({"rows": len(self.batch.ok), "bad_rows": len(self.batch.errors), "batches": 1,
+               "forward_seconds": self.seconds + time.perf_counter() - started,
+               "decode_seconds": self.batch.seconds})
+        return with_errors(result, self.batch.errors) if with_reasons else result
+
+
+def _launch(model: Network, batch: PreparedBatch, rows_before: int, fail_on_bad_rows: bool) -> Running:
     decl = model.plan.decl
-    if batch.errors and decl.on_error == "fail":
+    if batch.errors and decl.on_error == "fail" and fail_on_bad_rows:
         row, error = batch.errors[0]
         raise InputError(f"sqlinfer: model {decl.name!r} ({decl.udf_name}): bad input at row "
                          f"{rows_before + row} of this task: {error} (on_error: fail; "
                          "use on_error: null to get NULL for such rows)")
     started = time.perf_counter()
-    good = batch.pixels if batch.ok.all() else batch.pixels[batch.ok]
-    if not len(good):
-        outputs = np.zeros((0, model.plan.num_outputs), np.float32)
+    everything = batch.ok.all()
+    if not batch.ok.any():
+        outputs = None
     elif batch.on_device is not None:
         import torch
 
-        on_device = batch.on_device if batch.ok.all() else \
+        if batch.on_device.is_cuda:
+            # Made on the side stream: keep its memory from being reused for the next upload
+            # before this stream's work on it is done.
+            batch.on_device.record_stream(torch.cuda.current_stream(batch.on_device.device))
+        rows = batch.on_device if everything else \
             batch.on_device[torch.as_tensor(batch.ok, device=batch.on_device.device)]
-        outputs = model.forward_tensor(on_device)
-    elif decl.input == "image":
-        outputs = model.forward_hwc(good)
+        outputs = model.launch(rows)
     else:
-        outputs = model.forward(good)
-    result = to_arrow(decl.output, outputs, batch.ok, model.plan.labels, decl.k)
-    stats({"rows": len(batch.ok), "bad_rows": len(batch.errors), "batches": 1,
-           "forward_seconds": time.perf_counter() - started, "decode_seconds": batch.seconds})
-    return result
+        good = batch.pixels if everything else batch.pixels[batch.ok]
+        outputs = model.launch(_as_tensor(good, model.plan))
+    return Running(model, batch, outputs, time.perf_counter() - started)

@@ -267,15 +267,21 @@ def test_models_example_compiles(spark, tmp_path: Path) -> None:
     (root / "sqlinfer_project.yml").write_text(
         "name: models_example\nsources:\n  images: {format: binaryFile, path: data, glob: '*.jpg'}\n")
     (root / "sql" / "top_class.sql").write_text(sql)
+    checked = example("docs/models.md", "checked.error.kind, checked.error.message")
+    (root / "sql" / "why_null.sql").write_text(checked)
     write_images(root / "data", 2)
+    (root / "data" / "broken.jpg").write_bytes(b"not a jpeg")
     own_database(root)
 
     project = Project.load(root)
     (model,) = project.resolve_models()
     assert model.plan.decl.return_type == "array<struct<label:string,index:int,score:float>>"  # `topk`
     manifest = project.compile(spark)
-    assert [node.name for node in manifest.order()] == ["top_class"]
+    assert [node.name for node in manifest.order()] == ["top_class", "why_null"]
     assert spark.sql(sql).columns == ["path", "label", "score"]
+    (row,) = spark.sql(checked).collect()
+    assert row["path"].endswith("/broken.jpg") and row["kind"] == "undecodable"
+    assert row["message"].startswith("UnidentifiedImageError: cannot identify image file")
 
 
 # --- docs/serve.md: TLS keystore, and the other ways to serve ---------------------------------------

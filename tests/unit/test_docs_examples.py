@@ -33,6 +33,7 @@ SQLINFER = str(Path(sys.executable).with_name("sqlinfer"))
 SHELL_LANGUAGES = {"bash", "sh", "shell", "console"}
 UNIT = "tests/unit/test_docs_examples.py"
 FUNCTIONAL = "tests/functional/test_docs_examples.py"
+GPU_ASSIGNMENT = "tests/functional/test_gpu_assignment.py"
 
 # (file, a distinctive piece of the example) -> "test file::test function" that runs or checks it.
 RUN: dict[tuple[str, str], str] = {
@@ -49,9 +50,19 @@ RUN: dict[tuple[str, str], str] = {
         "tests/unit/test_layout.py::test_architecture_doc_lists_every_module_and_no_other",
     # docs/errors.md
     ("docs/errors.md", "path/to/file:LINE: what is wrong [code]"): f"{UNIT}::test_error_format",
+    # docs/gpu.md
+    ("docs/gpu.md", "spark.task.resource.gpu.amount: 0.25"):
+        f"{GPU_ASSIGNMENT}::test_each_task_uses_the_gpu_spark_assigned_it",
+    ("docs/gpu.md", "SPARK_WORKER_OPTS="):
+        f"{GPU_ASSIGNMENT}::test_each_task_uses_the_gpu_spark_assigned_it",
+    ("docs/gpu.md", "nvidia-smi --query-gpu=index"):
+        f"{GPU_ASSIGNMENT}::test_each_task_uses_the_gpu_spark_assigned_it",
     # docs/models.md
     ("docs/models.md", "name: resnet50"): f"{FUNCTIONAL}::test_models_example_compiles",
     ("docs/models.md", "resnet50_predict(content) AS pred FROM images"): f"{FUNCTIONAL}::test_models_example_compiles",
+    ("docs/models.md", "allow_outside_project: true"):
+        "tests/unit/test_security_weights.py::test_the_models_doc_example_allows_weights_outside_the_project",
+    ("docs/models.md", "checked.error.kind, checked.error.message"): f"{FUNCTIONAL}::test_models_example_compiles",
     # docs/projects.md
     ("docs/projects.md", "my_project/"): f"{UNIT}::test_project_layout",
     ("docs/projects.md", "name: digits"): f"{UNIT}::test_project_file_example_loads",
@@ -77,6 +88,12 @@ RUN: dict[tuple[str, str], str] = {
     ("docs/serve.md", "keytool -importcert"): f"{FUNCTIONAL}::test_tls_keystore",
     ("docs/serve.md", "--port 10001 --conf hive.server2.transport.mode=http"): f"{FUNCTIONAL}::test_serve_variants",
     ("docs/serve.md", "from sqlinfer.serve.server import serve"): f"{FUNCTIONAL}::test_serve_variants",
+    ("docs/serve.md", "sqlinfer SQL guard: ADD JAR is refused"):
+        "tests/functional/test_serve_guard.py::test_the_docs_examples_are_what_the_guard_does",
+    ("docs/serve.md", "allow: [reflect, add_jar]"):
+        "tests/functional/test_serve_guard.py::test_the_docs_examples_are_what_the_guard_does",
+    ("docs/performance.md", "bench/worker_bench.py --quick --device cpu"):
+        "tests/unit/test_worker_bench.py::test_every_line_has_a_throughput",
 }
 
 # (file, a distinctive piece of the example) -> why it is not run by the tests.
@@ -101,6 +118,8 @@ NOT_RUN: dict[tuple[str, str], str] = {
     ("docs/performance.md", "sqlinfer bench: resnet18 at 224px, 1000 JPEG images"):
         "the summary that run printed on the reference machine: other machines print other figures",
     ("docs/performance.md", "bench/run.py --device cuda"): "needs a CUDA GPU",
+    ("docs/performance.md", "bench/worker_bench.py --device cuda"): "needs a CUDA GPU",
+    ("docs/performance.md", "bash bench/gpu_box.sh"): "needs a CUDA GPU and nvidia-smi",
 }
 
 
