@@ -112,8 +112,9 @@ def test_gpu_decode_predicts_like_cpu_decode_and_nulls_the_same_rows(models: dic
     assert null_expected.tolist() == [False] * 44 + [True, True, True]  # truncated, empty, bomb
     ok = ~null_expected
     difference = np.abs(actual[ok] - expected[ok]).max()
-    print(f"GPU decode vs CPU decode: max logit difference {difference:.4f}")
-    assert (actual[ok].argmax(axis=1) == expected[ok].argmax(axis=1)).mean() >= 0.9
+    agreement = (actual[ok].argmax(axis=1) == expected[ok].argmax(axis=1)).mean()
+    print(f"GPU decode vs CPU decode: argmax agreement {agreement:.3f}, max logit difference {difference:.4f}")
+    assert agreement >= 0.99  # issue 10's bar
     assert difference < 0.1
 
 
