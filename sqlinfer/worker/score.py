@@ -282,12 +282,16 @@ def score(plan: ModelPlan, load_weights: Callable[[], Weights], arrays: Iterator
         rows_done = 0
         running: Running | None = None
         for batch in batches:
-            # Start this batch, then finish the one before while this one runs (on a GPU).
+            # Start this batch, then finish the one before while this one runs on the GPU. (On a
+            # CPU the forward pass has run by now: its outputs go out at once, as soon as ready.)
             started = _launch(model, batch, rows_done, fail_on_bad_rows=not with_reasons)
             rows_done += len(batch.ok)
             if running is not None:
                 yield running.finish(stats, with_reasons)
             running = started
+            if not on_gpu:
+                yield running.finish(stats, with_reasons)
+                running = None
         if running is not None:
             yield running.finish(stats, with_reasons)
 
