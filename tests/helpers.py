@@ -4,13 +4,25 @@ from __future__ import annotations
 
 import io
 import itertools
+import os
+import re
+import signal
 import struct
+import subprocess
+import sys
 import textwrap
+import threading
+import time
 import zlib
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
+
+SQLINFER = str(Path(sys.executable).with_name("sqlinfer"))  # the installed command
+SERVE_START_TIMEOUT_S = 240
 
 
 def jpeg_bytes(seed: int, width: int = 96, height: int = 72, quality: int = 90) -> bytes:
@@ -86,8 +98,6 @@ def env_without_modules(folder: Path, names: tuple[str, ...]) -> dict[str, str]:
     """The environment of a child Python, and of every Python it starts, in which importing any of
     ``names`` (top-level packages) fails as if they were not installed: a ``sitecustomize.py`` in
     ``folder``, put first on PYTHONPATH, inserts a meta-path finder that refuses them."""
-    import os
-
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "sitecustomize.py").write_text(textwrap.dedent(f"""\
         import importlib.abc
@@ -104,3 +114,84 @@ def env_without_modules(folder: Path, names: tuple[str, ...]) -> dict[str, str]:
         sys.meta_path.insert(0, NotInstalled())
         """))
     return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")]))}
+
+
+def private_spark_home(folder: Path) -> Path:
+    """A SPARK_HOME of links to pyspark's, but for ``work/`` (in ``folder``): local-cluster's worker
+    writes each application's folder under ``$SPARK_HOME/work`` (it takes no other place), which
+    would otherwise be inside the installed pyspark; standalone daemons write their logs there."""
+    from pyspark.find_spark_home import _find_spark_home
+
+    home = folder / "spark_home"
+    home.mkdir()
+    for entry in Path(_find_spark_home()).iterdir():
+        if entry.name != "work":
+            (home / entry.name).symlink_to(entry)
+    return home
+
+
+# -- `sqlinfer serve` in a subprocess ----------------------------------------------------------------
+
+@dataclass
+class Served:
+    """A `sqlinfer serve` process in its own process group, with what it printed."""
+
+    proc: subprocess.Popen[str]
+    stderr_path: Path
+    lines: list[str] = field(default_factory=list)
+    ready: threading.Event = field(default_factory=threading.Event)
+    reader: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return next(line.split("JDBC URL:", 1)[1].strip() for line in self.lines if "JDBC URL:" in line)
+
+    @property
+    def port(self) -> int:
+        return int(re.match(r"jdbc:hive2://[^/]+:(\d+)/", self.url).group(1))  # type: ignore[union-attr]
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        """Cleanup after a failure: the whole group (sqlinfer, its JVM, Python workers)."""
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc.wait(timeout=30)
+
+
+def start_serve(project: Path, log_dir: Path, *args: str) -> Served:
+    """Start `sqlinfer serve` on a free loopback port (``--port 0``); do not wait for it."""
+    stderr_path = log_dir / f"serve-{project.name}.stderr"
+    proc = subprocess.Popen([SQLINFER, "serve", str(project), "--port", "0", "--conf", "spark.ui.enabled=false",
+                             *args], stdout=subprocess.PIPE, stderr=stderr_path.open("w"), text=True,
+                            start_new_session=True)
+    served = Served(proc, stderr_path)
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            served.lines.append(line.rstrip("\n"))
+            if line.startswith("Stop with"):
+                served.ready.set()
+
+    served.reader = threading.Thread(target=read, daemon=True)
+    served.reader.start()
+    return served
+
+
+def wait_ready(served: Served, timeout: float = SERVE_START_TIMEOUT_S) -> Served:
+    """Wait until the server says clients can connect; fail with what it printed if it does not."""
+    deadline = time.monotonic() + timeout
+    while not served.ready.wait(0.5):
+        if served.proc.poll() is not None or time.monotonic() > deadline:
+            served.kill()
+            pytest.fail(f"sqlinfer serve did not start (exit {served.proc.returncode}):\n"
+                        + "\n".join(served.lines) + "\n" + served.stderr()[-4000:])
+    return served

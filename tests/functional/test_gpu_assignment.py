@@ -38,6 +38,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from helpers import private_spark_home
 
 from sqlinfer.build.config import load_project_file
 from sqlinfer.runtime.daemon import EARLY_ENV
@@ -148,20 +149,6 @@ def gpu_settings(tmp_path: Path) -> dict[str, str]:
         "spark.executor.extraJavaOptions": "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC",
     })
     return conf
-
-
-def private_spark_home(tmp_path: Path) -> Path:
-    """A SPARK_HOME of links to pyspark's, but for ``work/``: local-cluster's worker writes each
-    application's folder under ``$SPARK_HOME/work`` (it takes no other place), which would
-    otherwise be inside the installed pyspark."""
-    from pyspark.find_spark_home import _find_spark_home
-
-    home = tmp_path / "spark_home"
-    home.mkdir()
-    for entry in Path(_find_spark_home()).iterdir():
-        if entry.name != "work":
-            (home / entry.name).symlink_to(entry)
-    return home
 
 
 def test_each_task_uses_the_gpu_spark_assigned_it(tmp_path: Path) -> None:

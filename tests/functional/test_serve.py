@@ -20,11 +20,12 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 import pytest
+from helpers import Served, start_serve, wait_ready
 
 from sqlinfer.client import connect
 from sqlinfer.errors import SqlinferError
@@ -82,67 +83,6 @@ def sqlinfer_sql_column(project: Path, query: str) -> list[str]:
     lines = result.stdout.splitlines()
     count = int(re.match(r"(\d+) rows", lines[-1]).group(1))  # type: ignore[union-attr]
     return [line.strip() for line in lines[2:2 + count]]
-
-
-@dataclass
-class Served:
-    """A `sqlinfer serve` process in its own process group, with what it printed."""
-
-    proc: subprocess.Popen[str]
-    stderr_path: Path
-    lines: list[str] = field(default_factory=list)
-    ready: threading.Event = field(default_factory=threading.Event)
-    reader: threading.Thread | None = None
-
-    @property
-    def url(self) -> str:
-        return next(line.split("JDBC URL:", 1)[1].strip() for line in self.lines if "JDBC URL:" in line)
-
-    @property
-    def port(self) -> int:
-        return int(re.match(r"jdbc:hive2://[^/]+:(\d+)/", self.url).group(1))  # type: ignore[union-attr]
-
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(errors="replace")
-
-    def kill(self) -> None:
-        """Cleanup after a failure: the whole group (sqlinfer, its JVM, Python workers)."""
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        self.proc.wait(timeout=30)
-
-
-def start_serve(project: Path, log_dir: Path, *args: str) -> Served:
-    """Start `sqlinfer serve` on a free loopback port (``--port 0``); do not wait for it."""
-    stderr_path = log_dir / f"serve-{project.name}.stderr"
-    proc = subprocess.Popen([SQLINFER, "serve", str(project), "--port", "0", "--conf", "spark.ui.enabled=false",
-                             *args], stdout=subprocess.PIPE, stderr=stderr_path.open("w"), text=True,
-                            start_new_session=True)
-    served = Served(proc, stderr_path)
-
-    def read() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            served.lines.append(line.rstrip("\n"))
-            if line.startswith("Stop with"):
-                served.ready.set()
-
-    served.reader = threading.Thread(target=read, daemon=True)
-    served.reader.start()
-    return served
-
-
-def wait_ready(served: Served) -> Served:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while not served.ready.wait(0.5):
-        if served.proc.poll() is not None or time.monotonic() > deadline:
-            served.kill()
-            pytest.fail(f"sqlinfer serve did not start (exit {served.proc.returncode}):\n"
-                        + "\n".join(served.lines) + "\n" + served.stderr()[-4000:])
-    return served
 
 
 def beeline(url: str, sql: str, *args: str) -> subprocess.CompletedProcess[str]:

@@ -15,19 +15,18 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
-import threading
 import time
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+from helpers import Served, start_serve, wait_ready
 
 from sqlinfer.client import connect
 from sqlinfer.errors import SqlinferError
@@ -40,7 +39,6 @@ REPO = Path(__file__).resolve().parents[2]
 DIGITS = REPO / "projects" / "digits"
 SQLINFER = str(Path(sys.executable).with_name("sqlinfer"))
 QUERY = "SELECT digits_predict(content).label FROM digits_images ORDER BY path LIMIT 5"
-START_TIMEOUT_S = 240
 QUERY_TIMEOUT_S = 180
 GUARD = "sqlinfer SQL guard: "
 RESTRICTED = 'is not allowed because "spark.sql.restrictedMode.enabled" is enabled'
@@ -50,44 +48,6 @@ def copy_digits(dest: Path) -> Path:
     """projects/digits with its 450 test images and no SQL nodes: served without a build."""
     shutil.copytree(DIGITS, dest, ignore=shutil.ignore_patterns("target", "__pycache__", "train", "sql"))
     return dest
-
-
-@dataclass
-class Served:
-    """A `sqlinfer serve` process and what it printed."""
-
-    proc: subprocess.Popen[str]
-    lines: list[str] = field(default_factory=list)
-    ready: threading.Event = field(default_factory=threading.Event)
-
-    @property
-    def port(self) -> int:
-        url = next(line for line in self.lines if "JDBC URL:" in line)
-        return int(re.search(r"jdbc:hive2://[^/]+:(\d+)/", url).group(1))  # type: ignore[union-attr]
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-
-def start_serve(project: Path, log: Path) -> Served:
-    proc = subprocess.Popen([SQLINFER, "serve", str(project), "--port", "0", "--conf", "spark.ui.enabled=false"],
-                            stdout=subprocess.PIPE, stderr=log.open("w"), text=True, start_new_session=True)
-    served = Served(proc)
-
-    def read() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            served.lines.append(line.rstrip("\n"))
-            if line.startswith("Stop with"):
-                served.ready.set()
-
-    threading.Thread(target=read, daemon=True).start()
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while not served.ready.wait(0.5):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail("sqlinfer serve did not start:\n" + "\n".join(served.lines) + log.read_text()[-4000:])
-    return served
 
 
 def query(port: int, sql: str, **kwargs: object) -> list[tuple]:
@@ -163,14 +123,13 @@ def guarded(tmp_path_factory: pytest.TempPathFactory, allow_run: AllowRun) -> It
     scratch = root / "scratch"
     scratch.mkdir()
     (scratch / "rows.txt").write_text("1\n2\n")
-    server = start_serve(project, root / "serve.stderr")
+    server = wait_ready(start_serve(project, root))
     try:
         labels = [row[0] for row in query(server.port, QUERY)]
         assert len(labels) == 5 and set(labels) <= set("0123456789")
         yield Guarded(server, project, scratch, labels)
     finally:
-        server.proc.kill()
-        server.proc.wait(timeout=60)
+        server.kill()
 
 
 def test_the_banner_says_the_guard_is_on(guarded: Guarded) -> None:
