@@ -178,13 +178,21 @@ def main() -> None:
 @project_argument
 @user_errors
 def models(project: Path) -> None:
-    """List each model's SQL function with its input and return type (weights are checked)."""
+    """List each model's SQL function with its input and return type, and how its weights reach the
+    workers (weights are checked)."""
+    from sqlinfer.models.udf import BROADCAST_LIMIT, DEFAULT_BROADCAST_LIMIT_MB, weights_transport
     from sqlinfer.project import Project
 
     loaded = Project.load(project)
+    limit = float(loaded.config.spark.get(BROADCAST_LIMIT, DEFAULT_BROADCAST_LIMIT_MB))
+
+    def weights(size: int) -> str:
+        return f"{weights_transport(size, limit)}, {size / 1e6:,.1f} MB"
+
     rows = [(m.plan.udf_name, m.plan.decl.flavor, f"{m.plan.decl.input} ({m.plan.decl.input_type})",
-             m.plan.decl.return_type, m.plan.fingerprint[:12]) for m in loaded.resolve_models()]
-    click.echo(format_table(["function", "flavor", "input", "returns", "fingerprint"], rows))
+             m.plan.decl.return_type, weights(len(m.weights.data)), m.plan.fingerprint[:12])
+            for m in loaded.resolve_models()]
+    click.echo(format_table(["function", "flavor", "input", "returns", "weights", "fingerprint"], rows))
 
 
 @main.command()

@@ -150,6 +150,9 @@ CODES: dict[str, tuple[type[SqlinferError], str]] = {
     "session.jvm_failed": (SessionError, "The Spark JVM did not start, or ended while the command ran: Spark's "
                            "log (target/logs/spark.log) says why; check that Java 17 or later is installed (java "
                            "on PATH, or JAVA_HOME), and the driver's memory and Java options."),
+    "session.executor_env": (SessionError, "The executors' Python (spark.pyspark.python on each node) cannot "
+                             "import sqlinfer, torch, pyarrow or numpy, or cannot start: install sqlinfer on every "
+                             "node, or ship a packed virtualenv with spark.archives (docs/cluster.md)."),
     # -- serve ------------------------------------------------------------------------------------------
     "serve.bad_setting": (ServeError, "Fix the hive.server2.* setting the message names (docs/serve.md)."),
     "serve.bad_host": (ServeError, "--host must be an address or name of this machine."),

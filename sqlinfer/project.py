@@ -135,7 +135,7 @@ class Project:
         from sqlinfer.models.udf import register
 
         for model in self.resolve_models():
-            self.stats[model.plan.udf_name] = register(spark, model)
+            self.stats[model.plan.udf_name] = register(spark, model, self.target / "weights")
         register_sources(spark, self.config.sources, self.root, self.project_file, self.raw)
         if views:
             self.create_views(spark)
@@ -171,9 +171,15 @@ class Project:
         return Runner(spark, self.nodes(), root=self.root, target=self.target, database=self.config.database,
                       fingerprints={name: m.plan.fingerprint for m in self.resolve_models()
                                     for name in (m.plan.udf_name, m.plan.checked_udf_name)},
-                      model_rows=self._model_rows, report=report)
+                      model_rows=self._model_rows, model_workers=self._model_workers, report=report)
 
     def _model_rows(self) -> tuple[int, int]:
         """Rows the model functions have scored so far in this session, and the bad ones among them."""
         totals = [s.totals() for s in self.stats.values()]
         return int(sum(t.get("rows", 0) for t in totals)), int(sum(t.get("bad_rows", 0) for t in totals))
+
+    def _model_workers(self) -> dict[str, dict[str, dict[str, int]]]:
+        """Per model function: network builds and weights reads per Python worker process (pid)."""
+        return {function: {counter: {str(pid): int(n) for pid, n in sorted(stats.per_process(counter).items())}
+                           for counter in ("builds", "weights_reads")}
+                for function, stats in self.stats.items()}

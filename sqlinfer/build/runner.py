@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from sqlinfer.build.manifest import Manifest, Node, NodeLoader
 from sqlinfer.build.materialize import Materializer
 from sqlinfer.errors import BuildError, SqlinferError
+from sqlinfer.runtime.executors import task_summary
 from sqlinfer.runtime.spark_errors import sql_line, translate
 
 if TYPE_CHECKING:
@@ -43,6 +44,9 @@ class NodeResult:
     seconds: float = 0.0
     message: str = ""
     models: dict[str, str] = field(default_factory=dict)  # function -> fingerprint
+    tasks: int = 0  # Spark tasks that ran for the node
+    tasks_retried: int = 0  # task attempts that failed (or were lost with an executor) and ran again
+    executors: list[str] = field(default_factory=list)  # where the tasks ran ("driver" on a local master)
 
     @property
     def rows_per_second(self) -> float | None:
@@ -55,6 +59,8 @@ class RunResult:
 
     nodes: list[NodeResult]
     seconds: float
+    # Per model function, counters per Python worker process (pid): {"builds": {pid: n}, "weights_reads": ...}
+    workers: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
 
     @property
     def success(self) -> bool:
@@ -67,6 +73,7 @@ class RunResult:
             "success": self.success,
             "elapsed_seconds": round(self.seconds, 3),
             "nodes": [{**asdict(n), "rows_per_second": n.rows_per_second} for n in self.nodes],
+            "model_workers": self.workers,
         }
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(payload, indent=2) + "\n")
@@ -106,11 +113,13 @@ class Runner:
 
     ``fingerprints`` maps each model function to its model's fingerprint (recorded with the
     tables that call it); ``model_rows`` returns how many rows the model functions have scored so
-    far, and how many of those were bad input.
+    far, and how many of those were bad input; ``model_workers`` the per-process counters of each
+    model function (builds and weights reads per Python worker).
     """
 
     def __init__(self, spark: SparkSession, loader: NodeLoader, *, root: Path, target: Path, database: str,
                  fingerprints: Mapping[str, str], model_rows: Callable[[], tuple[int, int]],
+                 model_workers: Callable[[], dict[str, dict[str, dict[str, int]]]] = dict,
                  report: Report = lambda _line: None) -> None:
         self.spark = spark
         self.loader = loader
@@ -119,6 +128,7 @@ class Runner:
         self.database = database
         self.fingerprints = fingerprints
         self.model_rows = model_rows
+        self.model_workers = model_workers
         self.report = report
         self.materializer = Materializer(spark, database)
 
@@ -170,7 +180,7 @@ class Runner:
             self.report(f"{prefix} START {node.config.materialized} {node.name}")
             self._run_node(node, result, manifest, full_refresh)
             self.report(f"{prefix} {self._summary(result)}")
-        run = RunResult(list(results.values()), time.perf_counter() - started)
+        run = RunResult(list(results.values()), time.perf_counter() - started, self.model_workers())
         run.write(self.target / "run_results.json")
         ok = sum(1 for r in run.nodes if r.status == "success")
         errors = sum(1 for r in run.nodes if r.status == "error")
@@ -185,6 +195,7 @@ class Runner:
         speed = f" ({r.rows_per_second:,.0f} rows/s)" if r.rows_per_second else ""
         scored = f", {r.rows_scored:,} scored" if r.rows_scored else ""
         scored += f", {r.rows_bad:,} bad" if r.rows_bad else ""
+        scored += f", {r.tasks_retried} task{'s' * (r.tasks_retried != 1)} retried" if r.tasks_retried else ""
         note = f" [{r.message}]" if r.message else ""
         return f"OK    {r.materialized} {r.name}{rows}{scored} in {r.seconds:.1f}s{speed}{note}"
 
@@ -197,6 +208,8 @@ class Runner:
                                                                   strict=True))
             _check_bad_rows(node, scored, bad)
 
+        group = f"sqlinfer-build-{node.name}-{time.time_ns()}"
+        self.spark.sparkContext.setJobGroup(group, f"sqlinfer build: {node.config.materialized} {node.name}")
         try:
             kind = node.config.materialized
             if kind == "view":
@@ -213,7 +226,12 @@ class Runner:
         except Exception as exc:  # a failed node is reported, its descendants skipped
             error = _located(exc, node, self.fingerprints)
             result.status, result.message = "error", str(error)
+        finally:
+            for key in ("spark.jobGroup.id", "spark.job.description"):
+                self.spark.sparkContext.setLocalProperty(key, None)
         result.seconds = time.perf_counter() - started
+        tasks = task_summary(self.spark, group)
+        result.tasks, result.tasks_retried, result.executors = tasks.tasks, tasks.failed, tasks.executors
         scored, bad = self.model_rows()
         result.rows_scored, result.rows_bad = scored - scored_before, bad - bad_before
 

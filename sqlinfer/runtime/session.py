@@ -4,6 +4,10 @@ The embedded default is ``local[*]`` with Hive support: the metastore (Derby) an
 live under the project's ``target/`` folder, so tables built by one command are seen by the next.
 ``master`` and ``conf`` pass straight through to Spark for a real cluster. The JVM's stderr, and
 so Spark's log, goes to ``target/logs/spark.log`` (:mod:`sqlinfer.runtime.jvm`).
+
+The local-only speed-ups (the JVM class archive, the early worker daemon, loopback binding) apply
+to local masters only; on a cluster the executors' Python is checked first instead
+(:mod:`sqlinfer.runtime.executors`, docs/cluster.md).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlinfer.errors import SessionError
 from sqlinfer.runtime import jvm_cache
+from sqlinfer.runtime.executors import check_executor_python, embedded_metastore_warning
 from sqlinfer.runtime.jvm import (
     end_jvm_at_exit,
     open_spark_log,
@@ -24,7 +29,7 @@ from sqlinfer.runtime.jvm import (
     quiet_arrow_udf_hint,
     quiet_query_error_logs,
 )
-from sqlinfer.runtime.settings import DAEMON_MODULE, WARM_UP_WORKERS, session_conf, spark_log_path
+from sqlinfer.runtime.settings import DAEMON_MODULE, WARM_UP_WORKERS, is_local, session_conf, spark_log_path
 from sqlinfer.runtime.warm_up import warm_up_catalog, warm_up_workers
 
 if TYPE_CHECKING:
@@ -39,16 +44,23 @@ def build_session(target: Path, master: str | None = None, conf: Mapping[str, An
     from sqlinfer.runtime.metastore import ensure_metastore_free
 
     quiet_arrow_udf_hint()
-    settings = session_conf(target, master, conf or {})
+    settings = session_conf(target, master or _spark_submit_master(), conf or {})
     ensure_metastore_free(settings)
     new_jvm = SparkContext._gateway is None  # else getOrCreate reuses it
-    archive = _class_archive(settings) if new_jvm else jvm_cache.Plan(None, write=False)
-    if (new_jvm and settings["spark.master"].startswith("local") and settings[WARM_UP_WORKERS] == "true"
-            and settings["spark.python.daemon.module"] == DAEMON_MODULE):
+    new_context = SparkContext._active_spark_context is None
+    local = is_local(settings["spark.master"])
+    archive = _class_archive(settings) if new_jvm and local else jvm_cache.Plan(None, write=False)
+    if (new_jvm and local and settings[WARM_UP_WORKERS] == "true"
+            and settings.get("spark.python.daemon.module") == DAEMON_MODULE):
         _start_early_daemon()
+    warning = embedded_metastore_warning(settings["spark.master"], settings)
+    if warning and new_context:
+        sys.stderr.write(f"warning: {warning}\n")
     target.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    if settings["spark.master"].startswith("local"):
+    # PySpark gives Python functions the workers' interpreter from PYSPARK_PYTHON, which spark-submit
+    # sets from spark.pyspark.python; here the JVM is started without it, so set it the same way.
+    os.environ["PYSPARK_PYTHON"] = settings["spark.pyspark.python"]
+    if local:
         # Everything stays on this machine: bind to loopback, not the first network interface.
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     builder = SparkSession.builder
@@ -65,10 +77,29 @@ def build_session(target: Path, master: str | None = None, conf: Mapping[str, An
     spark.sparkContext.setLogLevel(os.environ.get("SQLINFER_SPARK_LOG_LEVEL", "ERROR"))
     quiet_query_error_logs()
     quiet_accumulator_server(spark)
+    if new_context and not local:
+        check_executor_python(spark)
     if settings[WARM_UP_WORKERS] == "true":
         warm_up_catalog(spark)
         warm_up_workers(spark)
     return spark
+
+
+def _spark_submit_master() -> str | None:
+    """The master ``spark-submit`` was given, when this process is its Python application
+    (``spark-submit .../sqlinfer/__main__.py build PROJECT``, docs/cluster.md): spark-submit has
+    started the JVM and passes its address in the environment, with its settings in the JVM."""
+    from pyspark import SparkContext
+
+    if "PYSPARK_GATEWAY_PORT" not in os.environ:
+        return None
+    if SparkContext._gateway is None:
+        from pyspark.java_gateway import launch_gateway
+
+        SparkContext._ensure_initialized(gateway=launch_gateway())  # connects to spark-submit's JVM
+    assert SparkContext._jvm is not None
+    submitted: str | None = SparkContext._jvm.System.getProperty("spark.master")
+    return submitted
 
 
 def _launch_jvm(settings: dict[str, str], log: Path) -> None:

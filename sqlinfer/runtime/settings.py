@@ -5,6 +5,7 @@ starts Spark."""
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from collections.abc import Mapping
@@ -34,8 +35,9 @@ def spark_log_path(target: Path) -> Path:
 def session_conf(target: Path, master: str | None, conf: Mapping[str, Any]) -> dict[str, str]:
     """Spark settings for a project whose generated files live in ``target``; ``conf`` wins."""
     target = target.resolve()
+    local = is_local(str(master or conf.get("spark.master") or "local"))
     base_java_options = f"-Dderby.system.home={target} -Dlog4j2.configurationFile={LOG_CONFIG}"
-    if str(master or conf.get("spark.master") or "local").startswith("local"):
+    if local:
         base_java_options += " " + local_jvm_options(str(conf.get("spark.driver.extraJavaOptions", "")))
     settings: dict[str, Any] = {
         "spark.master": master or "local[*]",
@@ -45,19 +47,22 @@ def session_conf(target: Path, master: str | None, conf: Mapping[str, Any]) -> d
         "spark.hadoop.javax.jdo.option.ConnectionURL":
             f"jdbc:derby:;databaseName={target / 'metastore_db'};create=true",
         "spark.driver.extraJavaOptions": base_java_options,
-        # Python workers must run this interpreter, or they will not find its packages.
-        "spark.pyspark.python": sys.executable,
+        # Python workers must run this interpreter (or the one PYSPARK_PYTHON names), or they will
+        # not find its packages.
+        "spark.pyspark.python": os.environ.get("PYSPARK_PYTHON") or sys.executable,
         "spark.pyspark.driver.python": sys.executable,
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.sql.execution.arrow.maxRecordsPerBatch": DEFAULT_ARROW_BATCH,
-        # Python workers fork from a daemon that has already imported torch (sqlinfer/runtime/daemon.py):
-        # each worker starts seconds sooner.
-        "spark.python.daemon.module": DAEMON_MODULE,
         # JDBC clients of `sqlinfer serve` see this session's UDFs only in single-session mode.
         "spark.sql.hive.thriftServer.singleSession": "true",
         "spark.ui.showConsoleProgress": "false",
         WARM_UP_WORKERS: "true",
     }
+    if local:
+        # Python workers fork from a daemon that has already imported torch (sqlinfer/runtime/daemon.py):
+        # each worker starts seconds sooner. Only where the workers are known to import sqlinfer;
+        # a cluster opts in with this setting once its executors have sqlinfer (docs/cluster.md).
+        settings["spark.python.daemon.module"] = DAEMON_MODULE
     # Java options add up: the user's go after sqlinfer's (derby.system.home, the log4j config).
     extra_java = conf.get("spark.driver.extraJavaOptions")
     settings.update(conf)
@@ -66,6 +71,12 @@ def session_conf(target: Path, master: str | None, conf: Mapping[str, Any]) -> d
     if master:
         settings["spark.master"] = master
     return {key: conf_text(value) for key, value in settings.items()}
+
+
+def is_local(master: str) -> bool:
+    """Whether the workers run on this machine with this Python (``local``, ``local[N]``,
+    ``local-cluster[...]``), where the local-only speed-ups are valid."""
+    return master.startswith("local")
 
 
 def conf_text(value: Any) -> str:

@@ -52,6 +52,12 @@ def test_digits_builds_every_node_twice_identically(spark, digits_copy: Path) ->
     table = node_result(project, "digit_predictions")
     assert table["status"] == "success" and table["rows"] == 1797 and table["rows_scored"] == 1797
     assert table["models"] == {"digits_predict": project.resolve_models()[0].plan.fingerprint}
+    # Where it ran: the local master's one executor, tasks none retried (docs/cluster.md has clusters).
+    assert table["executors"] == ["driver"] and table["tasks"] >= 1 and table["tasks_retried"] == 0
+    workers = results["model_workers"]["digits_predict"]
+    # At most once per Python worker (none where an earlier test's worker already holds this model).
+    assert set(workers["builds"].values()) <= {1}
+    assert workers["weights_reads"] == workers["builds"]  # the broadcast read once per build
     # The compiled SQL is what ran: ref() to a table names it in the project's own database.
     source = (digits_copy / "sql" / "accuracy.sql").read_text()
     assert (project.target / "compiled" / "accuracy.sql").read_text() == (

@@ -34,6 +34,7 @@ SHELL_LANGUAGES = {"bash", "sh", "shell", "console"}
 UNIT = "tests/unit/test_docs_examples.py"
 FUNCTIONAL = "tests/functional/test_docs_examples.py"
 GPU_ASSIGNMENT = "tests/functional/test_gpu_assignment.py"
+CLUSTER = "tests/functional/test_cluster.py"
 
 # (file, a distinctive piece of the example) -> "test file::test function" that runs or checks it.
 RUN: dict[tuple[str, str], str] = {
@@ -48,6 +49,22 @@ RUN: dict[tuple[str, str], str] = {
     # docs/architecture.md
     ("docs/architecture.md", "__init__.py            the public API"):
         "tests/unit/test_layout.py::test_architecture_doc_lists_every_module_and_no_other",
+    # docs/cluster.md
+    ("docs/cluster.md", "export SPARK_HOME="): f"{CLUSTER}::cluster",
+    ("docs/cluster.md", "deploy.master.Master --host 127.0.0.1"): f"{CLUSTER}::cluster",
+    ("docs/cluster.md", "--work-dir /tmp/spark-worker-0"): f"{CLUSTER}::cluster",
+    ("docs/cluster.md", "--work-dir /tmp/spark-worker-1"): f"{CLUSTER}::cluster",
+    ("docs/cluster.md", "sqlinfer build projects/digits --master spark://127.0.0.1:7077"):
+        f"{CLUSTER}::test_build_and_spark_submit_on_the_cluster_with_weights_as_files",
+    ("docs/cluster.md", "spark-submit --master spark://127.0.0.1:7077"):
+        f"{CLUSTER}::test_build_and_spark_submit_on_the_cluster_with_weights_as_files",
+    ("docs/cluster.md", "error: the executors' Python cannot import sqlinfer"):
+        f"{CLUSTER}::test_executors_without_sqlinfer_get_the_documented_error",
+    ("docs/cluster.md", "| weights           | fingerprint"):
+        "tests/unit/test_cli.py::test_models_lists_functions_and_types",
+    ("docs/cluster.md", "1 task retried in"): f"{CLUSTER}::test_a_worker_killed_mid_build_costs_a_retry_not_the_build",
+    ("docs/cluster.md", "warning: the project uses its embedded metastore"):
+        f"{CLUSTER}::test_build_and_spark_submit_on_the_cluster_with_weights_as_files",
     # docs/errors.md
     ("docs/errors.md", "path/to/file:LINE: what is wrong [code]"): f"{UNIT}::test_error_format",
     # docs/gpu.md
@@ -98,6 +115,11 @@ RUN: dict[tuple[str, str], str] = {
 
 # (file, a distinctive piece of the example) -> why it is not run by the tests.
 NOT_RUN: dict[tuple[str, str], str] = {
+    ("docs/cluster.md", "venv-pack -o sqlinfer_env.tar.gz"): "venv-pack is not installed here, and YARN is not",
+    ("docs/cluster.md", "--master yarn --conf spark.archives"): "needs a YARN cluster",
+    ("docs/cluster.md", "spark.hadoop.hive.metastore.uris: thrift://"): "needs a shared Hive metastore and S3",
+    ("docs/cluster.md", "--master yarn --conf spark.executor.instances"): "needs a YARN cluster",
+    ("docs/cluster.md", "--master k8s://"): "needs a Kubernetes cluster",
     ("README.md", "python3 -m venv .venv"): "creates the virtualenv the tests already run in",
     ("README.md", ".venv/bin/pip install -c constraints.txt -e ."): "pip install: needs the package index and minutes",
     ("README.md", '.venv/bin/pip install -c constraints.txt -e ".[test]"'): "pip install: needs the package index",
