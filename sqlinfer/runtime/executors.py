@@ -125,8 +125,9 @@ def task_summary(spark: SparkSession, group: str) -> TaskSummary:
     return summary
 
 
-def embedded_metastore_warning(master: str, settings: dict[str, str]) -> str | None:
+def embedded_metastore_warning(settings: dict[str, str]) -> str | None:
     """A warning when a cluster master meets the embedded Derby metastore and a local warehouse."""
+    master = settings["spark.master"]
     if is_local(master) or settings.get("spark.hadoop.hive.metastore.uris"):
         return None
     if not settings.get("spark.hadoop.javax.jdo.option.ConnectionURL", "").startswith("jdbc:derby:"):

@@ -53,7 +53,7 @@ def build_session(target: Path, master: str | None = None, conf: Mapping[str, An
     if (new_jvm and local and settings[WARM_UP_WORKERS] == "true"
             and settings.get("spark.python.daemon.module") == DAEMON_MODULE):
         _start_early_daemon()
-    warning = embedded_metastore_warning(settings["spark.master"], settings)
+    warning = embedded_metastore_warning(settings)
     if warning and new_context:
         sys.stderr.write(f"warning: {warning}\n")
     target.mkdir(parents=True, exist_ok=True)
