@@ -28,10 +28,13 @@ STARTED = time.time()
 
 def baseline_session(target: Path, master: str | None) -> Any:
     """A SparkSession as a recipe's user builds it: same master, catalog and interpreter as
-    sqlinfer's, none of sqlinfer's tuning (Arrow batch size, worker daemon)."""
+    sqlinfer's, none of sqlinfer's tuning of the workers (Arrow batch size, worker daemon). Files
+    are packed into tasks as sqlinfer packs them, a setting any user can copy."""
     import os
 
     from pyspark.sql import SparkSession
+
+    from sqlinfer.runtime.settings import FILE_OPEN_COST_BYTES
 
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # the workers' interpreter (the conf alone is not read)
@@ -43,6 +46,7 @@ def baseline_session(target: Path, master: str | None) -> Any:
                .config("spark.driver.extraJavaOptions", f"-Dderby.system.home={target}")
                .config("spark.pyspark.python", sys.executable)
                .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+               .config("spark.sql.files.openCostInBytes", str(FILE_OPEN_COST_BYTES))
                .config("spark.ui.showConsoleProgress", "false"))
     spark = builder.enableHiveSupport().getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")

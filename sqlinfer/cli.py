@@ -180,6 +180,7 @@ def main() -> None:
 def models(project: Path) -> None:
     """List each model's SQL function with its input and return type, and how its weights reach the
     workers (weights are checked)."""
+    from sqlinfer.models import flavors
     from sqlinfer.models.udf import BROADCAST_LIMIT, DEFAULT_BROADCAST_LIMIT_MB, weights_transport
     from sqlinfer.project import Project
 
@@ -189,10 +190,11 @@ def models(project: Path) -> None:
     def weights(size: int) -> str:
         return f"{weights_transport(size, limit)}, {size / 1e6:,.1f} MB"
 
-    rows = [(m.plan.udf_name, m.plan.decl.flavor, f"{m.plan.decl.input} ({m.plan.decl.input_type})",
-             m.plan.decl.return_type, weights(len(m.weights.data)), m.plan.fingerprint[:12])
-            for m in loaded.resolve_models()]
-    click.echo(format_table(["function", "flavor", "input", "returns", "weights", "fingerprint"], rows))
+    rows = [(m.plan.udf_name, m.plan.decl.flavor, flavors.get(m.plan.decl.flavor).describe(item, m.weights),
+             f"{m.plan.decl.input} ({m.plan.decl.input_type})", m.plan.decl.return_type,
+             weights(len(m.weights.data)), m.plan.fingerprint[:12])
+            for item, m in zip(loaded.models, loaded.resolve_models(), strict=True)]
+    click.echo(format_table(["function", "flavor", "from", "input", "returns", "weights", "fingerprint"], rows))
 
 
 @main.command()

@@ -95,6 +95,8 @@ CODES: dict[str, tuple[type[SqlinferError], str]] = {
     "config.bad_class": (ConfigError, "`class: module:Class` cannot be imported: put the module in the project "
                          "folder or install it, and check the class name."),
     "config.labels_mismatch": (ConfigError, "The labels file needs one line per network output."),
+    "config.missing_extra": (ConfigError, "The model's flavor needs a library that is not installed: install the "
+                             "extra the message names (e.g. pip install 'sqlinfer[onnx]')."),
     "config.unsafe_torchscript": (ConfigError, "The TorchScript file calls operators that reach files, processes "
                                   "or other machines (torch.save, torch.from_file, torch.classes, ops outside aten), "
                                   "so it was not loaded: export the network without them, or give a .safetensors "

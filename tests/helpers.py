@@ -13,9 +13,11 @@ import sys
 import textwrap
 import threading
 import time
+import warnings
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -23,6 +25,8 @@ from PIL import Image
 
 SQLINFER = str(Path(sys.executable).with_name("sqlinfer"))  # the installed command
 SERVE_START_TIMEOUT_S = 240
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def jpeg_bytes(seed: int, width: int = 96, height: int = 72, quality: int = 90) -> bytes:
@@ -195,3 +199,41 @@ def wait_ready(served: Served, timeout: float = SERVE_START_TIMEOUT_S) -> Served
             pytest.fail(f"sqlinfer serve did not start (exit {served.proc.returncode}):\n"
                         + "\n".join(served.lines) + "\n" + served.stderr()[-4000:])
     return served
+
+
+def export_digits_onnx(project: Path, target: Path) -> None:
+    """The digits example's network and weights, exported the way its users would."""
+    import torch
+    from safetensors.torch import load_file
+
+    sys.path.insert(0, str(project))
+    try:
+        from digits_net import DigitsCNN
+    finally:
+        sys.path.remove(str(project))
+    network = DigitsCNN()
+    network.load_state_dict(load_file(str(project / "weights" / "digits_cnn.safetensors")))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation notice
+        torch.onnx.export(network.eval(), (torch.zeros(1, 1, 8, 8),), str(target), dynamo=False,
+                          input_names=["pixels"], output_names=["logits"],
+                          dynamic_axes={"pixels": {0: "batch"}, "logits": {0: "batch"}})
+
+
+def docs_catalogue() -> ModuleType:
+    """tests/unit/test_docs_examples.py, the catalogue of every code example in the docs."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("docs_examples_catalogue",
+                                                  REPO / "tests" / "unit" / "test_docs_examples.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def docs_example(file: str, key: str) -> str:
+    """The text of the one code example of ``file`` (e.g. docs/models.md) that contains ``key``."""
+    module = sys.modules.get("docs_examples_catalogue") or docs_catalogue()
+    return str(module.example(file, key).text)

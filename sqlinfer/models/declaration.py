@@ -71,7 +71,7 @@ class ModelDecl(Strict):
     """One entry of `models.yml`."""
 
     name: str
-    flavor: str = Field(description="a module of sqlinfer.models.flavors: torchvision, torchscript, python")
+    flavor: str = Field(description="a module of sqlinfer.models.flavors: torchvision, torchscript, python, onnx")
     architecture: str | None = None
     class_path: str | None = Field(None, alias="class", description="module:Class (python flavor)")
     kwargs: dict[str, Any] = Field(default_factory=dict)

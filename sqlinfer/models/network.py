@@ -49,8 +49,8 @@ class Network:
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed input sizes: pick the fastest kernels once
         self._features: list[Any] = []
-        if decl.output == "embedding" and not isinstance(self.module, torch.jit.ScriptModule):
-            # Hooks need an eager module; a TorchScript module's output is its embedding.
+        if decl.output == "embedding" and _hookable(self.module):
+            # Hooks need an eager module; a TorchScript module's (or ONNX graph's) output is its embedding.
             self._hook_embedding(decl.embedding_layer)
         pp = plan.preprocess
         self.mean = self.std = None
@@ -166,6 +166,13 @@ def fold_batch_norms(module: Any) -> Any:
         return fuse(module, inplace=True)
     except Exception:  # not traceable (data-dependent control flow, ...): keep it as it is
         return module
+
+
+def _hookable(module: Any) -> bool:
+    """Whether the network's layers are eager modules a forward hook can be put on."""
+    import torch
+
+    return not isinstance(module, torch.jit.ScriptModule) and getattr(module, "hookable", True)
 
 
 def _has_conv2d(module: Any) -> bool:

@@ -85,7 +85,7 @@ def _digest(item: Located, root: Path) -> tuple[str, Weights] | None:
         "version": CACHE_VERSION,
         "decl": decl.model_dump(mode="json", by_alias=True),
         "weights": weights.digest,
-        "libraries": {name: _version(name) for name in ("sqlinfer", "torch", "torchvision")},
+        "libraries": {name: _version(name) for name in ("sqlinfer", "torch", "torchvision", "onnxruntime")},
         "sources": [path.read_text(encoding="utf-8") for path in sources],
     }
     if isinstance(decl.labels, str):

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers import export_digits_onnx
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -53,6 +54,25 @@ def test_sql_logits_match_pytorch(spark, digits_copy: Path) -> None:
     with torch.inference_mode():
         expected = network((torch.from_numpy(pixels).float().div(255).unsqueeze(1) - 0.5) / 0.5).numpy()
     np.testing.assert_allclose(np.array([r.logits for r in rows]), expected, atol=1e-4, rtol=0)
+
+
+def test_onnx_export_predicts_what_the_pytorch_declaration_predicts(spark, digits_copy: Path) -> None:
+    """The digits CNN exported to ONNX (flavor onnx) and as declared (flavor python), through SQL."""
+    pytest.importorskip("onnxruntime")  # the `onnx` extra; the test extra installs it
+    export_digits_onnx(digits_copy, digits_copy / "weights" / "digits_cnn.onnx")
+    models = yaml.safe_load((digits_copy / "models.yml").read_text())
+    python = {**models["models"][0], "name": "digits_logits", "output": "logits"}
+    onnx = {**{k: v for k, v in python.items() if k not in ("class", "kwargs")}, "name": "digits_onnx",
+            "flavor": "onnx", "weights": "weights/digits_cnn.onnx"}
+    models["models"] += [python, onnx]
+    (digits_copy / "models.yml").write_text(yaml.safe_dump(models))
+    Project.load(digits_copy).register(spark)
+    rows = spark.sql("SELECT digits_logits_predict(content) AS torch, digits_onnx_predict(content) AS onnx "
+                     "FROM digits_images WHERE split = 'test'").collect()
+    assert len(rows) == 450
+    expected, got = np.array([r.torch for r in rows]), np.array([r.onnx for r in rows])
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+    assert (got.argmax(1) == expected.argmax(1)).all()
 
 
 def test_labels_file_agrees_with_the_labels_from_the_paths(spark, digits_copy: Path) -> None:

@@ -16,7 +16,6 @@ lists, and the embedded metastore allows one process at a time per project.
 from __future__ import annotations
 
 import ast
-import importlib.util
 import os
 import re
 import shutil
@@ -27,10 +26,9 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 
 import pytest
-from helpers import own_database, write_images
+from helpers import docs_catalogue, docs_example, own_database, write_images
 
 pytestmark = pytest.mark.spark
 
@@ -41,21 +39,8 @@ START_TIMEOUT_S = 300
 COMMAND_TIMEOUT_S = 600
 
 
-def _catalogue() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("docs_examples_catalogue",
-                                                  REPO / "tests" / "unit" / "test_docs_examples.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-docs = _catalogue()
-
-
-def example(file: str, key: str) -> str:
-    return str(docs.example(file, key).text)
+docs = docs_catalogue()
+example = docs_example
 
 
 # --- helpers ---------------------------------------------------------------------------------------

@@ -56,13 +56,14 @@ def test_models_lists_functions_and_types(digits_models: Path) -> None:
     result = invoke("models", str(digits_models))
     assert result.exit_code == 0, result.output
     header, _rule, line = result.stdout.splitlines()
-    assert [c.strip() for c in header.split("|")] == ["function", "flavor", "input", "returns", "weights",
+    assert [c.strip() for c in header.split("|")] == ["function", "flavor", "from", "input", "returns", "weights",
                                                       "fingerprint"]
     cells = [c.strip() for c in line.split("|")]
-    assert cells[:4] == ["digits_predict", "python", "image (binary)", "struct<label:string,index:int,score:float>"]
+    assert cells[:5] == ["digits_predict", "python", "digits_net:DigitsCNN, weights/digits_cnn.safetensors",
+                         "image (binary)", "struct<label:string,index:int,score:float>"]
     size = (digits_models / "weights" / "digits_cnn.safetensors").stat().st_size
-    assert cells[4] == f"broadcast, {size / 1e6:,.1f} MB"
-    assert len(cells[5]) == 12
+    assert cells[5] == f"broadcast, {size / 1e6:,.1f} MB"
+    assert len(cells[6]) == 12
 
 
 def test_models_says_which_weights_go_as_files(digits_models: Path) -> None:
@@ -72,7 +73,7 @@ def test_models_says_which_weights_go_as_files(digits_models: Path) -> None:
     project_file.write_text(project_file.read_text() + "spark:\n  spark.sqlinfer.weightsBroadcastLimitMB: 0.01\n")
     result = invoke("models", str(digits_models))
     assert result.exit_code == 0, result.output
-    assert [c.strip() for c in result.stdout.splitlines()[2].split("|")][4].startswith("file, ")
+    assert [c.strip() for c in result.stdout.splitlines()[2].split("|")][5].startswith("file, ")
 
 
 def test_models_reports_bad_declaration_with_location(digits_models: Path) -> None:

@@ -80,6 +80,8 @@ RUN: dict[tuple[str, str], str] = {
     ("docs/models.md", "allow_outside_project: true"):
         "tests/unit/test_security_weights.py::test_the_models_doc_example_allows_weights_outside_the_project",
     ("docs/models.md", "checked.error.kind, checked.error.message"): f"{FUNCTIONAL}::test_models_example_compiles",
+    ("docs/models.md", "name: digits_onnx"):
+        "tests/unit/test_onnx.py::test_the_onnx_graph_gives_the_outputs_of_the_pytorch_declaration",
     # docs/projects.md
     ("docs/projects.md", "my_project/"): f"{UNIT}::test_project_layout",
     ("docs/projects.md", "name: digits"): f"{UNIT}::test_project_file_example_loads",

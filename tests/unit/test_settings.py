@@ -42,6 +42,7 @@ def test_defaults(tmp_path: Path) -> None:
         "spark.python.daemon.module": DAEMON_MODULE,
         "spark.sql.hive.thriftServer.singleSession": "true",
         "spark.ui.showConsoleProgress": "false",
+        "spark.sql.files.openCostInBytes": "65536",
         WARM_UP_WORKERS: "true",
     }
 
@@ -66,9 +67,9 @@ def test_relative_target_is_made_absolute(tmp_path: Path, monkeypatch: pytest.Mo
 
 def test_user_settings_win(tmp_path: Path) -> None:
     conf = session_conf(tmp_path, None, {"spark.app.name": "mine", "spark.sql.execution.arrow.maxRecordsPerBatch": 64,
-                                         "spark.executor.memory": "2g"})
+                                         "spark.executor.memory": "2g", "spark.sql.files.openCostInBytes": "4m"})
     assert (conf["spark.app.name"], conf["spark.sql.execution.arrow.maxRecordsPerBatch"],
-            conf["spark.executor.memory"]) == ("mine", "64", "2g")
+            conf["spark.executor.memory"], conf["spark.sql.files.openCostInBytes"]) == ("mine", "64", "2g", "4m")
 
 
 def test_master_argument_wins_over_conf(tmp_path: Path) -> None:

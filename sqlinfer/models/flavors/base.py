@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 class Weights:
     """What the driver broadcasts to workers: the weights as one serialized blob."""
 
-    format: Literal["safetensors", "torchscript"]
+    format: Literal["safetensors", "torchscript", "onnx"]
     data: bytes
 
     @property
@@ -72,6 +72,10 @@ class Flavor(Protocol):
         """Project files the network's code comes from, shipped to the workers; None when the code
         lives outside the project, where its changes cannot be tracked."""
         return ()
+
+    def describe(self, item: Located, weights: Weights) -> str:
+        """Where the model comes from, for `sqlinfer models` (the weights file by default)."""
+        return item.decl.weights or "-"
 
     def build(self, decl: ModelDecl, weights: Weights) -> torch.nn.Module:
         """The network, from the declaration and the broadcast weights (worker side)."""

@@ -74,6 +74,9 @@ class Python(Flavor):
     def file_weights(self, item: Located, root: Path) -> Weights | None:
         return safetensors_file(item, root)
 
+    def describe(self, item: Located, weights: Weights) -> str:
+        return f"{item.decl.class_path}, {item.decl.weights}"
+
     def source_files(self, item: Located, root: Path) -> tuple[Path, ...] | None:
         module_file = project_module_file(item.decl, root)
         return (module_file,) if module_file else None

@@ -59,6 +59,9 @@ def _new(decl: ModelDecl) -> torch.nn.Module:
 
 
 class TorchVision(Flavor):
+    def describe(self, item: Located, weights: Weights) -> str:
+        return f"torchvision.models.{item.decl.architecture}, {item.decl.weights}"
+
     def validate(self, decl: ModelDecl) -> None:
         if not decl.architecture:
             raise ValueError("flavor torchvision needs `architecture` (e.g. resnet50)")

@@ -1,0 +1,139 @@
+"""Flavor `onnx`: a graph exported to ONNX (``torch.onnx.export``, tf2onnx, ...), run by
+onnxruntime (the optional extra ``pip install 'sqlinfer[onnx]'``).
+
+The ``.onnx`` file is broadcast as it is on disk and checked on the driver: it must be one
+self-contained graph (no tensors in external files, whose paths would point anywhere on the
+workers' machines) with one float input; its first output is the model's output. An ONNX file is
+data (a protobuf graph of operators), not code: onnxruntime runs only its own operators, and a
+graph that names an operator it does not know is refused when the session is created.
+
+Workers wrap the session in a small ``torch.nn.Module`` so the rest of the worker path (decode,
+normalize, batch, outputs) is the same as for the PyTorch flavors. The session runs on CUDA when
+the worker's device is a GPU and onnxruntime has the CUDA execution provider (the
+``onnxruntime-gpu`` package), else on the CPU, with as many threads as the task has cores.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlinfer.models.declaration import Located, ModelDecl
+from sqlinfer.models.flavors.base import Flavor, Weights, weights_path
+
+if TYPE_CHECKING:
+    import torch
+
+EXTRA = "pip install 'sqlinfer[onnx]'"
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+
+
+def _runtime(item: Located | None = None) -> Any:
+    try:
+        import onnxruntime
+    except ImportError:
+        if item is None:
+            raise
+        raise item.error(f"flavor onnx needs onnxruntime: {EXTRA}", code="config.missing_extra",
+                         key="flavor") from None
+    return onnxruntime
+
+
+def new_session(data: bytes, providers: list[Any], threads: int | None = None) -> Any:
+    """An onnxruntime session over the graph in ``data``, quiet (its warnings are not the user's)."""
+    runtime = _runtime()
+    options = runtime.SessionOptions()
+    options.log_severity_level = 3
+    if threads is not None:
+        # One task's cores, like torch.set_num_threads in the worker: the other tasks use the rest.
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return runtime.InferenceSession(data, sess_options=options, providers=providers)
+
+
+def signature(session: Any) -> str:
+    """``input[N, 1, 8, 8] -> output[N, 10]``: the graph's input and output, as `sqlinfer models` shows them."""
+    def shown(arg: Any) -> str:
+        dims = ", ".join(str(d) if isinstance(d, int) else "N" for d in arg.shape)
+        return f"{arg.name}[{dims}]"
+
+    return f"{' '.join(shown(a) for a in session.get_inputs())} -> {shown(session.get_outputs()[0])}"
+
+
+class Onnx(Flavor):
+    def validate(self, decl: ModelDecl) -> None:
+        if not decl.weights:
+            raise ValueError("flavor onnx needs `weights` (an .onnx file)")
+        if decl.embedding_layer:
+            raise ValueError("embedding_layer is not supported for onnx: export the graph with the embedding "
+                             "as its first output")
+        if decl.precision in ("fp16", "bf16"):
+            raise ValueError("an ONNX graph runs at the precision it was exported with: leave `precision` out")
+
+    def check(self, item: Located) -> None:
+        _runtime(item)
+
+    def load_weights(self, item: Located, root: Path) -> Weights:
+        _runtime(item)  # before the file: the cache of checked models reads it first
+        path = weights_path(item, root)
+        data = path.read_bytes()
+        try:
+            session = new_session(data, [CPU])
+        except Exception as exc:  # not ONNX, external data, an unknown operator
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise item.error(f"cannot load {path.name} as a self-contained ONNX graph: {first}",
+                             code="config.bad_weights", key="weights") from None
+        inputs = session.get_inputs()
+        if len(inputs) != 1 or inputs[0].type != "tensor(float)":
+            found = ", ".join(f"{a.name} ({a.type})" for a in inputs)
+            raise item.error(f"{path.name} must have one float input, not {found}", code="config.bad_weights",
+                             key="weights")
+        return Weights("onnx", data)
+
+    def file_weights(self, item: Located, root: Path) -> Weights | None:
+        return self.load_weights(item, root)
+
+    def describe(self, item: Located, weights: Weights) -> str:
+        return f"{item.decl.weights}: {signature(new_session(weights.data, [CPU]))}"
+
+    def build(self, decl: ModelDecl, weights: Weights) -> torch.nn.Module:
+        return _graph_module_class()(weights.data)
+
+
+@cache
+def _graph_module_class() -> type:
+    """The ``nn.Module`` around a session, defined on first use (torch is imported lazily)."""
+    import numpy as np
+    import torch
+
+    class OnnxGraph(torch.nn.Module):
+        """Runs the graph on the device of its input: a session per device, made on first use."""
+
+        hookable = False  # no submodules: an embedding is the graph's output, not a hooked layer
+
+        def __init__(self, data: bytes) -> None:
+            super().__init__()
+            self.data = data
+            self.sessions: dict[str, Any] = {}
+
+        def session(self, device: torch.device) -> Any:
+            key = str(device)
+            if key not in self.sessions:
+                providers: list[Any] = [CPU]
+                if device.type == "cuda" and CUDA in _runtime().get_available_providers():
+                    providers = [(CUDA, {"device_id": device.index or 0}), CPU]
+                self.sessions[key] = new_session(self.data, providers, torch.get_num_threads())
+            return self.sessions[key]
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            session = self.session(x.device)
+            pixels = x.detach().to("cpu", torch.float32).contiguous().numpy()
+            out = session.run([session.get_outputs()[0].name], {session.get_inputs()[0].name: pixels})[0]
+            return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32)).to(x.device)
+
+    return OnnxGraph
+
+
+FLAVOR = Onnx()
