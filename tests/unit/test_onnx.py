@@ -62,6 +62,25 @@ def test_a_file_that_is_not_an_onnx_graph_is_a_config_error(onnx_project: Path) 
         "    weights: weights/digits_cnn.onnx") + 1
 
 
+def test_a_graph_with_tensors_in_external_files_is_refused(onnx_project: Path, tmp_path: Path) -> None:
+    """onnxruntime reads such tensors relative to the working directory of the process that loads
+    the graph: here the file is right there, and still the graph is refused, before any session."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = numpy_helper.from_array(np.ones((64, 10), dtype=np.float32), name="W")
+    graph = helper.make_graph([helper.make_node("Flatten", ["pixels"], ["flat"]),
+                               helper.make_node("MatMul", ["flat", "W"], ["logits"])], "g",
+                              [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["N", 1, 8, 8])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])], [weights])
+    onnx.save_model(helper.make_model(graph), str(onnx_project / "weights" / "digits_cnn.onnx"),
+                    save_as_external_data=True, location="w.bin", size_threshold=0)
+    assert (onnx_project / "weights" / "w.bin").stat().st_size == 64 * 10 * 4
+    with pytest.raises(ConfigError, match=r"digits_cnn.onnx keeps tensors in external files \(W\)") as info:
+        Project.load(onnx_project).resolve_models()
+    assert info.value.code == "config.bad_weights"
+
+
 def test_half_precision_is_refused_at_its_line(onnx_project: Path) -> None:
     models = onnx_project / "models.yml"
     models.write_text(models.read_text() + "    precision: bf16\n")

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from helpers import write_project
 
+import sqlinfer
 from sqlinfer import Project, SqlinferError
 from sqlinfer.models.flavors.torchscript import ArchiveError, check_archive
 
@@ -488,3 +489,20 @@ def test_the_models_doc_example_allows_weights_outside_the_project(tmp_path: Pat
     with pytest.raises(SqlinferError) as info:
         weights_path(item, root)
     assert (info.value.code, info.value.line) == ("config.path_outside_project", 5)
+
+
+def test_package_weights_must_name_an_installed_package_and_stay_inside_it(tmp_path: Path) -> None:
+    """`weights: package:MODULE/PATH` reads a file of an installed package (the photos_efficientnet
+    example's weights): the package must exist, and the path cannot leave its folder."""
+    missing = project(tmp_path / "a", "python", "package:no_such_package_xyz/weights.pth")
+    error = refusal(missing)
+    assert_one_line_at_weights(error, missing, "python", "config.missing_weights")
+    assert "no installed package 'no_such_package_xyz'" in error.message
+
+    # sqlinfer is installed (this checkout): its folder holds no weights, and ../ leaves it.
+    escaping = project(tmp_path / "b", "python", "package:sqlinfer/../pyproject.toml")
+    assert_one_line_at_weights(refusal(escaping), escaping, "python", "config.path_outside_project")
+    absent = project(tmp_path / "c", "python", "package:sqlinfer/weights.pth")
+    error = refusal(absent)
+    assert_one_line_at_weights(error, absent, "python", "config.missing_weights")
+    assert f"weights file not found: {Path(sqlinfer.__file__).parent / 'weights.pth'}" in error.message

@@ -36,7 +36,7 @@ def main() -> None:
     model = DigitsCNN()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     generator = torch.Generator().manual_seed(0)
-    for epoch in range(30):
+    for _epoch in range(30):
         model.train()
         order = torch.randperm(len(x_train), generator=generator)
         for start in range(0, len(order), 64):

@@ -81,14 +81,44 @@ class Flavor(Protocol):
         """The network, from the declaration and the broadcast weights (worker side)."""
 
 
+# `weights: package:MODULE/PATH`: a file that ships inside an installed Python package.
+PACKAGE_PREFIX = "package:"
+
+
 def weights_path(item: Located, root: Path) -> Path:
-    """The declared weights file, which must exist inside the project folder."""
+    """The declared weights file, which must exist inside the project folder (or, for
+    ``package:MODULE/PATH``, inside that installed package's folder)."""
     assert item.decl.weights is not None
-    path = inside(root, item.decl.weights, what=f"model {item.decl.name!r}: weights path", path=item.path,
-                  line=item.raw.line_of("weights"), allow_outside=item.decl.allow_outside_project)
+    if item.decl.weights.startswith(PACKAGE_PREFIX):
+        path = package_file(item)
+    else:
+        path = inside(root, item.decl.weights, what=f"model {item.decl.name!r}: weights path", path=item.path,
+                      line=item.raw.line_of("weights"), allow_outside=item.decl.allow_outside_project)
     if not path.is_file():
         raise item.error(f"weights file not found: {path}", code="config.missing_weights", key="weights")
     return path
+
+
+def package_file(item: Located) -> Path:
+    """``package:MODULE/PATH``: PATH inside the folder of the installed package MODULE (found by
+    the import machinery, without running the package's own code), links followed; a path that leaves that folder is
+    refused as a project path would be. Weights that ship as a pip package are found wherever the
+    package is installed, and the project keeps no copy of them."""
+    import importlib.util
+
+    assert item.decl.weights is not None
+    module, _, relative = item.decl.weights.removeprefix(PACKAGE_PREFIX).partition("/")
+    try:
+        spec = importlib.util.find_spec(module) if module else None
+    except (ImportError, ValueError):
+        spec = None
+    folders = list(spec.submodule_search_locations or []) if spec else []
+    if not folders or not relative:
+        raise item.error(f"weights {item.decl.weights!r}: no installed package {module!r} (install it, e.g. with "
+                         "the extra the project's README names; the form is package:MODULE/PATH)",
+                         code="config.missing_weights", key="weights")
+    return inside(Path(folders[0]), relative, what=f"model {item.decl.name!r}: weights path", path=item.path,
+                  line=item.raw.line_of("weights"))
 
 
 def state_dict_weights(item: Located, path: Path) -> Weights:

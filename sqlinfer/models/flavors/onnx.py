@@ -2,8 +2,8 @@
 onnxruntime (the optional extra ``pip install 'sqlinfer[onnx]'``).
 
 The ``.onnx`` file is broadcast as it is on disk and checked on the driver: it must be one
-self-contained graph (no tensors in external files, whose paths would point anywhere on the
-workers' machines) with one float input; its first output is the model's output. An ONNX file is
+self-contained graph (no tensors in external files: onnxruntime would read them relative to each
+worker's working directory) with one float input; its first output is the model's output. An ONNX file is
 data (a protobuf graph of operators), not code: onnxruntime runs only its own operators, and a
 graph that names an operator it does not know is refused when the session is created.
 
@@ -31,6 +31,7 @@ CUDA = "CUDAExecutionProvider"
 
 
 def _runtime(item: Located | None = None) -> Any:
+    """onnxruntime, or (with ``item``) a config error at the declaration that names the extra."""
     try:
         import onnxruntime
     except ImportError:
@@ -39,6 +40,32 @@ def _runtime(item: Located | None = None) -> Any:
         raise item.error(f"flavor onnx needs onnxruntime: {EXTRA}", code="config.missing_extra",
                          key="flavor") from None
     return onnxruntime
+
+
+def external_tensors(data: bytes) -> list[str]:
+    """Names of the graph's tensors kept in external files (with subgraphs'). onnxruntime reads such
+    a file relative to the loading process's working directory, so a graph could make the workers
+    read a file that is no part of it; the driver refuses those graphs (needs the `onnx` package,
+    part of the extra; the workers need onnxruntime only)."""
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    def tensors(graph: Any) -> Any:
+        yield from graph.initializer
+        for sparse in graph.sparse_initializer:
+            yield from (sparse.values, sparse.indices)
+        for node in graph.node:
+            for attribute in node.attribute:
+                if attribute.HasField("t"):
+                    yield attribute.t
+                yield from attribute.tensors
+                if attribute.HasField("g"):
+                    yield from tensors(attribute.g)
+                for subgraph in attribute.graphs:
+                    yield from tensors(subgraph)
+
+    model = onnx.load_model_from_string(data)
+    return [tensor.name for tensor in tensors(model.graph) if uses_external_data(tensor)]
 
 
 def new_session(data: bytes, providers: list[Any], threads: int | None = None) -> Any:
@@ -79,6 +106,18 @@ class Onnx(Flavor):
         _runtime(item)  # before the file: the cache of checked models reads it first
         path = weights_path(item, root)
         data = path.read_bytes()
+        try:
+            outside = external_tensors(data)
+        except ImportError:
+            raise item.error(f"flavor onnx needs the onnx package to check the graph: {EXTRA}",
+                             code="config.missing_extra", key="flavor") from None
+        except Exception as exc:  # not a protobuf of an ONNX model
+            raise item.error(f"cannot load {path.name} as a self-contained ONNX graph: {exc}",
+                             code="config.bad_weights", key="weights") from None
+        if outside:
+            raise item.error(f"{path.name} keeps tensors in external files ({', '.join(outside[:3])}): save the "
+                             "graph as one file (onnx.save_model without save_as_external_data)",
+                             code="config.bad_weights", key="weights")
         try:
             session = new_session(data, [CPU])
         except Exception as exc:  # not ONNX, external data, an unknown operator
