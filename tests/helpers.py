@@ -18,6 +18,7 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import pytest
@@ -201,9 +202,8 @@ def wait_ready(served: Served, timeout: float = SERVE_START_TIMEOUT_S) -> Served
     return served
 
 
-def export_digits_onnx(project: Path, target: Path) -> None:
-    """The digits example's network and weights, exported the way its users would."""
-    import torch
+def digits_network(project: Path) -> Any:
+    """The digits example's CNN (its own `digits_net.py`) with its weights, in eval mode: plain PyTorch."""
     from safetensors.torch import load_file
 
     sys.path.insert(0, str(project))
@@ -213,9 +213,16 @@ def export_digits_onnx(project: Path, target: Path) -> None:
         sys.path.remove(str(project))
     network = DigitsCNN()
     network.load_state_dict(load_file(str(project / "weights" / "digits_cnn.safetensors")))
+    return network.eval()
+
+
+def export_digits_onnx(project: Path, target: Path) -> None:
+    """The digits example's network and weights, exported the way its users would."""
+    import torch
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation notice
-        torch.onnx.export(network.eval(), (torch.zeros(1, 1, 8, 8),), str(target), dynamo=False,
+        torch.onnx.export(digits_network(project), (torch.zeros(1, 1, 8, 8),), str(target), dynamo=False,
                           input_names=["pixels"], output_names=["logits"],
                           dynamic_axes={"pixels": {0: "batch"}, "logits": {0: "batch"}})
 

@@ -5,16 +5,14 @@ project's source derives from the paths."""
 from __future__ import annotations
 
 import csv
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
-from helpers import export_digits_onnx
+from helpers import digits_network, export_digits_onnx
 from PIL import Image
-from safetensors.torch import load_file
 
 from sqlinfer import Project
 
@@ -41,14 +39,7 @@ def test_sql_logits_match_pytorch(spark, digits_copy: Path) -> None:
                      "WHERE split = 'test' ORDER BY path").collect()
     assert len(rows) == 450
 
-    sys.path.insert(0, str(digits_copy))
-    try:
-        from digits_net import DigitsCNN
-    finally:
-        sys.path.remove(str(digits_copy))
-    network = DigitsCNN()
-    network.load_state_dict(load_file(str(digits_copy / "weights" / "digits_cnn.safetensors")))
-    network.eval()
+    network = digits_network(digits_copy)
     files = [Path(r.path.removeprefix("file:")) for r in rows]
     pixels = np.stack([np.asarray(Image.open(f).convert("L")) for f in files])
     with torch.inference_mode():

@@ -12,7 +12,6 @@ check). The shipped jar is checked to be the build of its source.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -23,10 +22,9 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 
 import pytest
-from helpers import Served, start_serve, wait_ready
+from helpers import Served, docs_catalogue, start_serve, wait_ready
 
 from sqlinfer.client import connect
 from sqlinfer.errors import SqlinferError
@@ -324,22 +322,10 @@ def test_the_docs_examples_are_what_the_guard_does(guarded: Guarded, tmp_path: P
     """The refusal docs/serve.md shows is the one a client gets; its `allow:` example loads."""
     from sqlinfer.build.config import load_project_file
 
-    catalogue = _docs_catalogue()
+    catalogue = docs_catalogue()
     shown = catalogue.example("docs/serve.md", "sqlinfer SQL guard: ADD JAR is refused").text.strip()
     assert shown in refusal(guarded.server.port, f"ADD JAR {guarded.scratch}/code.jar")
     (tmp_path / "sqlinfer_project.yml").write_text(
         "name: docs\n" + catalogue.example("docs/serve.md", "allow: [reflect, add_jar]").text)
     config, _ = load_project_file(tmp_path)
     assert config.serve == {"allow": ["reflect", "add_jar"]}
-
-
-def _docs_catalogue() -> ModuleType:
-    """tests/unit/test_docs_examples.py, which reads the docs' examples (imported by path, as
-    tests/functional/test_docs_examples.py does)."""
-    spec = importlib.util.spec_from_file_location("docs_examples_catalogue",
-                                                  REPO / "tests" / "unit" / "test_docs_examples.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module

@@ -62,7 +62,7 @@ def test_a_file_that_is_not_an_onnx_graph_is_a_config_error(onnx_project: Path) 
         "    weights: weights/digits_cnn.onnx") + 1
 
 
-def test_a_graph_with_tensors_in_external_files_is_refused(onnx_project: Path, tmp_path: Path) -> None:
+def test_a_graph_with_tensors_in_external_files_is_refused(onnx_project: Path) -> None:
     """onnxruntime reads such tensors relative to the working directory of the process that loads
     the graph: here the file is right there, and still the graph is refused, before any session."""
     import onnx

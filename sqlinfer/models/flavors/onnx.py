@@ -99,11 +99,8 @@ class Onnx(Flavor):
         if decl.precision in ("fp16", "bf16"):
             raise ValueError("an ONNX graph runs at the precision it was exported with: leave `precision` out")
 
-    def check(self, item: Located) -> None:
-        _runtime(item)
-
     def load_weights(self, item: Located, root: Path) -> Weights:
-        _runtime(item)  # before the file: the cache of checked models reads it first
+        _runtime(item)  # the missing extra before anything about the file
         path = weights_path(item, root)
         data = path.read_bytes()
         try:
@@ -120,7 +117,7 @@ class Onnx(Flavor):
                              code="config.bad_weights", key="weights")
         try:
             session = new_session(data, [CPU])
-        except Exception as exc:  # not ONNX, external data, an unknown operator
+        except Exception as exc:  # an operator onnxruntime does not know, a malformed graph
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise item.error(f"cannot load {path.name} as a self-contained ONNX graph: {first}",
                              code="config.bad_weights", key="weights") from None
@@ -155,21 +152,23 @@ def _graph_module_class() -> type:
         def __init__(self, data: bytes) -> None:
             super().__init__()
             self.data = data
-            self.sessions: dict[str, Any] = {}
+            # Per device: the session, its input's name and its first output's name.
+            self.sessions: dict[str, tuple[Any, str, str]] = {}
 
-        def session(self, device: torch.device) -> Any:
+        def session(self, device: torch.device) -> tuple[Any, str, str]:
             key = str(device)
             if key not in self.sessions:
                 providers: list[Any] = [CPU]
                 if device.type == "cuda" and CUDA in _runtime().get_available_providers():
                     providers = [(CUDA, {"device_id": device.index or 0}), CPU]
-                self.sessions[key] = new_session(self.data, providers, torch.get_num_threads())
+                session = new_session(self.data, providers, torch.get_num_threads())
+                self.sessions[key] = (session, session.get_inputs()[0].name, session.get_outputs()[0].name)
             return self.sessions[key]
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            session = self.session(x.device)
+            session, input_name, output_name = self.session(x.device)
             pixels = x.detach().to("cpu", torch.float32).contiguous().numpy()
-            out = session.run([session.get_outputs()[0].name], {session.get_inputs()[0].name: pixels})[0]
+            out = session.run([output_name], {input_name: pixels})[0]
             return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32)).to(x.device)
 
     return OnnxGraph
