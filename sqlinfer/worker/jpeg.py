@@ -5,8 +5,11 @@ The GPU decoder (nvJPEG through ``torchvision.io.decode_jpeg``) fails a whole ba
 cannot read (CMYK, PNG bytes, ...) and decodes a truncated file without a word, so every row is
 checked here first: only complete baseline or progressive Huffman JPEGs with three components
 (YCbCr) in a common chroma subsampling go to the GPU; every other row goes to the CPU decoder,
-which reports broken files as bad rows. The walk reads the marker segments and skips over the
-entropy-coded data with ``bytes.find``: tens of microseconds for a 100 KB photo.
+which reports broken files as bad rows. The walk reads the marker segments up to the first scan
+(everything the decision needs is declared before it), then looks for the end-of-image marker after
+it: entropy-coded data cannot hold 0xFFD9 (a 0xFF byte there is always followed by 0x00 or a restart
+marker), so a file cut anywhere in its scans has none. About 9 us for a 100 KB photo on the 2-core
+development machine; walking the scans themselves, a Python step per stuffed byte, took 100 us.
 """
 
 from __future__ import annotations
@@ -79,7 +82,9 @@ def inspect_jpeg(data: bytes) -> JpegInfo | None:
                 return _info(None, "scan before frame header")
             if frame[3] == 3 and adobe_transform == 0:
                 problem = problem or "RGB-coded JPEG (Adobe transform 0)"
-            # Entropy-coded data follows; the loop's find() skips it to the next real marker.
+            if data.rfind(b"\xff\xd9", end) < 0:  # from the end: where a whole file has it
+                problem = problem or "truncated: no end-of-image marker"
+            return _info(frame, problem)
 
 
 def _frame(segment: bytes, coding: str) -> tuple[str, int, int, int, list[tuple[int, int]]] | None:

@@ -178,18 +178,20 @@ def prepare(plan: ModelPlan, values: list[Any], out: np.ndarray, pool: decode_po
     if decode_device is not None and pp is not None:
         routed = route(values, pp)
         with side.active():
-            decoded = decode_on_device([values[r] for r in routed.device_rows], pp, decode_device) \
+            groups = decode_on_device([values[r] for r in routed.device_rows], pp, decode_device) \
                 if routed.device_rows else []
-            if decoded is not None:  # else the decoder refused the batch: every row on the CPU
+            if groups is not None:  # else the decoder refused the batch: every row on the CPU
                 cpu_rows = routed.cpu_rows
                 on_device = device_batch(len(values), plan.input_shape, decode_device)
-                for row, image in zip(routed.device_rows, decoded, strict=True):
-                    if tuple(image.shape) != plan.input_shape:
-                        ok[row] = False
-                        errors.append((row, BadInput("wrong_size", f"image is {tuple(image.shape)} after "
-                                                     f"preprocessing, expected {plan.input_shape}")))
-                    else:
-                        on_device[row] = image
+                for group in groups:
+                    shape = tuple(group.pixels.shape[1:])
+                    for pixels, position in zip(group.pixels, group.positions, strict=True):
+                        row = routed.device_rows[position]
+                        if shape != plan.input_shape:
+                            errors.append((row, BadInput("wrong_size", f"image is {shape} after "
+                                                         f"preprocessing, expected {plan.input_shape}")))
+                        else:
+                            on_device[row].copy_(pixels)  # to uint8: the values are whole already
     if pool is not None and pp is not None and len(cpu_rows) > 1:
         errors += pool.decode(values, cpu_rows, pp, out)
     else:

@@ -62,6 +62,10 @@ def test_a_worker_without_spark_or_yaml_scores_like_this_one(tmp_path: Path) -> 
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     rows_line, loaded_line = proc.stdout.strip().splitlines()
-    assert json.loads(rows_line) == expected
+    rows = json.loads(rows_line)
+    # Labels exactly; scores to float32 rounding (on a GPU, cuDNN may pick another algorithm per process).
+    assert [row and (row["label"], row["index"]) for row in rows] == \
+        [row and (row["label"], row["index"]) for row in expected]
+    assert all(abs(a["score"] - b["score"]) < 1e-5 for a, b in zip(rows[:-1], expected[:-1], strict=True))
     assert expected[-1] is None and all(row is not None for row in expected[:-1])
     assert loaded_line == "[]"
