@@ -25,7 +25,7 @@ RETURN_TYPES: dict[str, str] = {
     "label": LABEL_STRUCT,
     "topk": f"array<{LABEL_STRUCT}>",
 }
-INPUT_TYPES: dict[str, str] = {"image": "binary", "tensor": "array<float>"}
+INPUT_TYPES: dict[str, str] = {"image": "binary", "tensor": "array<float>", "text": "string"}
 
 
 Size = int | tuple[int, int]
@@ -71,13 +71,18 @@ class ModelDecl(Strict):
     """One entry of `models.yml`."""
 
     name: str
-    flavor: str = Field(description="a module of sqlinfer.models.flavors: torchvision, torchscript, python, onnx")
+    flavor: str = Field(description="a module of sqlinfer.models.flavors: torchvision, torchscript, python, onnx, "
+                                    "transformers")
     architecture: str | None = None
     class_path: str | None = Field(None, alias="class", description="module:Class (python flavor)")
     kwargs: dict[str, Any] = Field(default_factory=dict)
     weights: str | None = None
-    input: Literal["image", "tensor"] = "image"
+    input: Literal["image", "tensor", "text"] = "image"
     shape: tuple[int, ...] | None = None
+    # Text input: tokens kept per row (longer texts are cut); default: the model folder's own.
+    max_length: int | None = Field(None, gt=0)
+    # output: embedding of a text model: L2-normalized or not; default: as the model folder says.
+    normalize: bool | None = None
     preprocess: Preprocess | None = None
     output: Literal["logits", "probabilities", "label", "topk", "embedding"] = "label"
     k: int = Field(5, gt=0)
@@ -127,6 +132,10 @@ class ModelDecl(Strict):
             raise ValueError("input tensor needs `shape` (e.g. [1, 28, 28])")
         if self.input == "tensor" and self.preprocess is not None:
             raise ValueError("`preprocess` applies to input image only")
+        if self.input == "text" and self.preprocess is not None:
+            raise ValueError("`preprocess` applies to input image only (text is tokenized by the model's tokenizer)")
+        if self.input != "text" and (self.max_length is not None or self.normalize is not None):
+            raise ValueError("`max_length` and `normalize` apply to input text only")
         return self
 
     @property

@@ -97,14 +97,17 @@ class Network:
         with torch.inference_mode():
             # From pinned memory (GPU) the copy runs asynchronously; the network waits for it.
             x = x.to(self.device, non_blocking=True)
-            if self.plan.decl.input == "image":
+            if self.plan.decl.input == "text":
+                x = x.to(torch.long)  # token ids and attention masks, N x 2 x L
+            elif self.plan.decl.input == "image":
                 # The same operations, in the same order, as ToTensor() + Normalize().
                 x = x.to(torch.float32).div_(255)
                 if self.mean is not None:
                     x = x.sub_(self.mean)
                 if self.std is not None:
                     x = x.div_(self.std)
-            x = x.to(self.dtype, memory_format=self.memory_format)
+            if self.plan.decl.input != "text":
+                x = x.to(self.dtype, memory_format=self.memory_format)
             self._features.clear()
             with tf32_allowed(self.tf32):
                 out = self.module(x)

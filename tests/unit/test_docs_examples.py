@@ -84,6 +84,12 @@ RUN: dict[tuple[str, str], str] = {
     ("docs/models.md", "allow_outside_project: true"):
         "tests/unit/test_security_weights.py::test_the_models_doc_example_allows_weights_outside_the_project",
     ("docs/models.md", "checked.error.kind, checked.error.message"): f"{FUNCTIONAL}::test_models_example_compiles",
+    ("docs/models.md", "name: minilm"):
+        "tests/unit/test_text.py::test_embeddings_are_those_of_sentence_transformers_in_input_order",
+    ("README.md", "sqlinfer build projects/text_search"):
+        "tests/functional/test_examples.py::test_text_search_finds_passages_by_meaning",
+    ("README.md", "sqlinfer sql projects/text_search"):
+        "tests/functional/test_examples.py::test_text_search_finds_passages_by_meaning",
     ("docs/models.md", "name: digits_onnx"):
         "tests/unit/test_onnx.py::test_the_onnx_graph_gives_the_outputs_of_the_pytorch_declaration",
     # docs/projects.md
@@ -131,8 +137,13 @@ NOT_RUN: dict[tuple[str, str], str] = {
     ("README.md", '.venv/bin/pip install -c constraints.txt -e ".[test]"'): "pip install: needs the package index",
     ("README.md", '.venv/bin/pip install -c constraints.txt -e ".[pretrained]"'):
         "pip install: needs the package index (the test extra installs the same packages)",
+    ("README.md", '.venv/bin/pip install -c constraints.txt -e ".[text]"'):
+        "pip install: needs the package index (the test extra installs the same packages)",
     ("README.md", ".venv/bin/python -m pytest -q"): "the test suite itself",
     ("README.md", '.venv/bin/pip install -c constraints.txt -e ".[bench]"'): "pip install: needs the package index",
+    ("docs/performance.md", 'pip install -c constraints.txt -e ".[bench,text]"'): "pip install: needs the package index",
+    ("docs/performance.md", ".venv/bin/python bench/text_bench.py"):
+        "about 4 minutes on 2 cores; its parts are tests/unit/test_text.py's and test_examples.py's",
     ("README.md", ".venv/bin/python bench/run.py"):
         "the full benchmark takes about 12 minutes; tests/functional/test_bench.py runs `bench/run.py --quick`",
     ("docs/install.md", "pip install -c constraints.txt -e ."): "pip install: needs the package index and minutes",

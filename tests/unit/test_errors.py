@@ -52,9 +52,13 @@ def error_classes(trees: dict[Path, ast.Module]) -> dict[str, type[SqlinferError
     return classes
 
 
+# File names that look like codes (a model folder's config.json), never raised as one.
+FILE_NAMES = {"config.json"}
+
+
 def is_code(node: ast.AST) -> bool:
     return (isinstance(node, ast.Constant) and isinstance(node.value, str) and bool(CODE_SHAPE.match(node.value))
-            and node.value.split(".")[0] in PREFIXES)
+            and node.value.split(".")[0] in PREFIXES and node.value not in FILE_NAMES)
 
 
 def scan() -> list[Raised]:

@@ -73,6 +73,11 @@ class Flavor(Protocol):
         lives outside the project, where its changes cannot be tracked."""
         return ()
 
+    def labels_in(self, weights: Weights) -> tuple[str, ...] | None:
+        """Class names the weights carry (e.g. a config's ``id2label``), used where neither the
+        declaration nor :meth:`defaults` gives any."""
+        return None
+
     def describe(self, item: Located, weights: Weights) -> str:
         """Where the model comes from, for `sqlinfer models` (the weights file by default)."""
         return item.decl.weights or "-"
@@ -85,17 +90,28 @@ class Flavor(Protocol):
 PACKAGE_PREFIX = "package:"
 
 
+def _declared_path(item: Located, root: Path) -> Path:
+    assert item.decl.weights is not None
+    if item.decl.weights.startswith(PACKAGE_PREFIX):
+        return package_file(item)
+    return inside(root, item.decl.weights, what=f"model {item.decl.name!r}: weights path", path=item.path,
+                  line=item.raw.line_of("weights"), allow_outside=item.decl.allow_outside_project)
+
+
 def weights_path(item: Located, root: Path) -> Path:
     """The declared weights file, which must exist inside the project folder (or, for
     ``package:MODULE/PATH``, inside that installed package's folder)."""
-    assert item.decl.weights is not None
-    if item.decl.weights.startswith(PACKAGE_PREFIX):
-        path = package_file(item)
-    else:
-        path = inside(root, item.decl.weights, what=f"model {item.decl.name!r}: weights path", path=item.path,
-                      line=item.raw.line_of("weights"), allow_outside=item.decl.allow_outside_project)
+    path = _declared_path(item, root)
     if not path.is_file():
         raise item.error(f"weights file not found: {path}", code="config.missing_weights", key="weights")
+    return path
+
+
+def model_folder(item: Located, root: Path) -> Path:
+    """The declared weights folder (a saved model's directory), with the same rules as a file."""
+    path = _declared_path(item, root)
+    if not path.is_dir():
+        raise item.error(f"model folder not found: {path}", code="config.missing_weights", key="weights")
     return path
 
 
