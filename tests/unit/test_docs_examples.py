@@ -141,7 +141,8 @@ NOT_RUN: dict[tuple[str, str], str] = {
         "pip install: needs the package index (the test extra installs the same packages)",
     ("README.md", ".venv/bin/python -m pytest -q"): "the test suite itself",
     ("README.md", '.venv/bin/pip install -c constraints.txt -e ".[bench]"'): "pip install: needs the package index",
-    ("docs/performance.md", 'pip install -c constraints.txt -e ".[bench,text]"'): "pip install: needs the package index",
+    ("docs/performance.md", 'pip install -c constraints.txt -e ".[bench,text]"'):
+        "pip install: needs the package index",
     ("docs/performance.md", ".venv/bin/python bench/text_bench.py"):
         "about 4 minutes on 2 cores; its parts are tests/unit/test_text.py's and test_examples.py's",
     ("README.md", ".venv/bin/python bench/run.py"):
