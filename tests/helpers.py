@@ -244,3 +244,14 @@ def docs_example(file: str, key: str) -> str:
     """The text of the one code example of ``file`` (e.g. docs/models.md) that contains ``key``."""
     module = sys.modules.get("docs_examples_catalogue") or docs_catalogue()
     return str(module.example(file, key).text)
+
+
+def same_predictions(actual: dict[str, tuple] | None, expected: dict[str, tuple], tolerance: float = 1e-5) -> bool:
+    """Predictions keyed by row (the score last): the same rows, everything but the score equal, the
+    score within float noise. A row's score can move in the 7th digit with the batch it was scored
+    in (on some CPUs oneDNN's convolution kernels differ by batch size), and a retried task or a
+    build of fewer rows puts rows in other batches."""
+    if actual is None or actual.keys() != expected.keys():
+        return False
+    return all(actual[key][:-1] == row[:-1] and abs(actual[key][-1] - row[-1]) <= tolerance
+               for key, row in expected.items())
