@@ -56,6 +56,7 @@ class PreparedBatch:
     errors: list[tuple[int, BadInput]] = field(default_factory=list)
     seconds: float = 0.0
     on_device: Any = None  # on a GPU (or with device decoding): the whole batch on the device, N x C x H x W
+    task_rows: list[int] | None = None  # each row's place in the task's input, when not in input order
 
 
 def tune_malloc() -> None:
@@ -275,10 +276,10 @@ def text_batches(plan: ModelPlan, load_weights: Callable[[], Weights]) -> Callab
     """How a task turns rows of text into batches: tokenized, padded to each batch's longest row."""
     tokenizer = text.tokenizer_for(plan.fingerprint, load_weights)
 
-    def prepare_chunk(chunk: list[Any]) -> PreparedBatch:
+    def prepare_chunk(chunk: list[Any]) -> PreparedBatch:  # (task row, text) pairs from LengthOrder
         started = time.perf_counter()
-        tokens, ok, errors = text.tokenize(tokenizer, chunk)
-        return PreparedBatch(tokens, ok, errors, time.perf_counter() - started)
+        tokens, ok, errors = text.tokenize(tokenizer, [value for _, value in chunk])
+        return PreparedBatch(tokens, ok, errors, time.perf_counter() - started, task_rows=[row for row, _ in chunk])
 
     return prepare_chunk
 
@@ -354,9 +355,11 @@ class Running:
 def _launch(model: Network, batch: PreparedBatch, rows_before: int, fail_on_bad_rows: bool) -> Running:
     decl = model.plan.decl
     if batch.errors and decl.on_error == "fail" and fail_on_bad_rows:
-        row, error = batch.errors[0]
+        numbers = batch.task_rows or [rows_before + row for row in range(len(batch.ok))]
+        row, error = min(batch.errors, key=lambda item: numbers[item[0]])  # the first in the task's input
+        number = numbers[row]
         raise InputError(f"sqlinfer: model {decl.name!r} ({decl.udf_name}): bad input at row "
-                         f"{rows_before + row} of this task: {error} (on_error: fail; "
+                         f"{number} of this task: {error} (on_error: fail; "
                          "use on_error: null to get NULL for such rows)")
     started = time.perf_counter()
     everything = batch.ok.all()

@@ -69,14 +69,17 @@ class LengthOrder:
         self.window = batch_size * window_batches
         self._orders: deque[np.ndarray] = deque()  # per window not yet restored: its sorted order
 
-    def chunks(self, windows: Iterable[list[Any]]) -> Iterator[list[Any]]:
+    def chunks(self, windows: Iterable[list[Any]]) -> Iterator[list[tuple[int, Any]]]:
         """Each window of rows (from :func:`~sqlinfer.worker.score.rebatch` with ``self.window``),
-        as batches of ``batch_size`` rows, shortest rows first."""
+        as batches of ``batch_size`` rows, shortest rows first: (the row's place in the task's
+        input, its value), so that an error can name the row as the task received it."""
+        first = 0
         for rows in windows:
             order = np.argsort([len(row) if isinstance(row, str) else 0 for row in rows], kind="stable")
             self._orders.append(order)
             for start in range(0, len(rows), self.batch_size):
-                yield [rows[i] for i in order[start:start + self.batch_size]]
+                yield [(first + int(i), rows[i]) for i in order[start:start + self.batch_size]]
+            first += len(rows)
 
     def restore(self, outputs: Iterable[pa.Array]) -> Iterator[pa.Array]:
         """The outputs of the batches of :meth:`chunks`, one array per window, in input order."""

@@ -93,12 +93,25 @@ def test_null_and_empty_text_is_null_with_a_reason_not_a_failed_batch(minilm, en
     assert np.array(plain[4]) @ encoded[3] == pytest.approx(1.0, abs=1e-4)
 
 
+def test_on_error_fail_names_the_bad_row_as_the_task_received_it(minilm, tmp_path: Path) -> None:
+    from sqlinfer.worker.score import InputError
+
+    declared = docs_example("docs/models.md", "name: minilm") + "    on_error: fail\n"
+    (model,) = Project.load(write_project(tmp_path / "p", declared)).resolve_models()
+    # Sorted by length, the empty row 5 and the NULL row 3 come first; the message names row 3.
+    values = ["A rather long sentence about rivers and fish.", "Short.", "Trout.", None, "Carp in a pond.", ""]
+    with pytest.raises(InputError, match=r"model 'minilm' \(embed\): bad input at row 3 of this task: "
+                                         r"empty: NULL text \(on_error: fail"):
+        rows_of(model, values)
+
+
 def test_rows_sorted_by_length_come_back_in_input_order() -> None:
     order = LengthOrder(batch_size=2, window_batches=2)
     rows = ["ccc", "a", None, "bbbb", "dd", "e"]
     chunks = list(order.chunks([rows[:4], rows[4:]]))
-    assert chunks == [[None, "a"], ["ccc", "bbbb"], ["e", "dd"]]  # shortest first, within each window
-    outputs = [pa.array(chunk, pa.string()) for chunk in chunks]  # an "echo" model
+    # Shortest first, within each window, each with its place in the input.
+    assert chunks == [[(2, None), (1, "a")], [(0, "ccc"), (3, "bbbb")], [(5, "e"), (4, "dd")]]
+    outputs = [pa.array([value for _, value in chunk], pa.string()) for chunk in chunks]  # an "echo" model
     assert [a.to_pylist() for a in order.restore(outputs)] == [rows[:4], rows[4:]]
 
 
