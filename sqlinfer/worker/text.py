@@ -12,34 +12,34 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
 from sqlinfer.models.flavors.base import Weights
-from sqlinfer.models.flavors.transformers import blob_metadata
+from sqlinfer.models.flavors.transformers import packed_settings
 from sqlinfer.worker.decode import BadInput
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
 
-@lru_cache(maxsize=8)
-def _tokenizer(fingerprint: str, definition: str, max_length: int) -> Tokenizer:
-    from tokenizers import Tokenizer
-
-    tokenizer = Tokenizer.from_str(definition)
-    tokenizer.no_padding()  # padded per batch below
-    tokenizer.enable_truncation(max_length=max_length)
-    return tokenizer
+_tokenizers: dict[str, Tokenizer] = {}  # by model fingerprint: one per process and model
 
 
 def tokenizer_for(fingerprint: str, load_weights: Callable[[], Weights]) -> Tokenizer:
-    """The model's tokenizer, cut at its ``max_length`` (once per process and model)."""
-    meta = blob_metadata(load_weights().data)
-    return _tokenizer(fingerprint, meta["sqlinfer.tokenizer"], int(meta["sqlinfer.max_length"]))
+    """The model's tokenizer, cut at its ``max_length``; made from the weights' metadata once per
+    process and model (a task of a model seen before only looks it up)."""
+    if fingerprint not in _tokenizers:
+        from tokenizers import Tokenizer
+
+        settings = packed_settings(load_weights())
+        tokenizer = Tokenizer.from_str(settings["tokenizer"])
+        tokenizer.no_padding()  # padded per batch, in tokenize()
+        tokenizer.enable_truncation(max_length=int(settings["max_length"]))
+        _tokenizers[fingerprint] = tokenizer
+    return _tokenizers[fingerprint]
 
 
 def tokenize(tokenizer: Tokenizer, values: list[Any]) -> tuple[np.ndarray, np.ndarray, list[tuple[int, BadInput]]]:

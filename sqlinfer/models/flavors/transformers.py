@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlinfer.models.declaration import Located, ModelDecl
-from sqlinfer.models.flavors.base import Flavor, Weights, model_folder, refusal
+from sqlinfer.models.flavors.base import Flavor, Weights, model_folder, state_dict_weights
 
 if TYPE_CHECKING:
     import torch
@@ -41,11 +41,15 @@ KNOWN_MODULES = {"Transformer", "Pooling", "Normalize"}
 FALLBACK_MAX_LENGTH = 512
 
 
-def blob_metadata(data: bytes) -> dict[str, str]:
-    """The metadata of a safetensors blob, read from its header without loading a tensor."""
-    size = int.from_bytes(data[:8], "little")
-    metadata: dict[str, str] = json.loads(data[8:8 + size]).get("__metadata__", {})
-    return metadata
+PREFIX = "sqlinfer."  # of the settings' keys in the blob's metadata
+
+
+def packed_settings(weights: Weights) -> dict[str, str]:
+    """The settings :meth:`Transformers.load_weights` packed into the blob's metadata (config,
+    tokenizer, head, pooling, normalize, max_length), read from its header without loading a tensor."""
+    size = int.from_bytes(weights.data[:8], "little")
+    metadata: dict[str, str] = json.loads(weights.data[8:8 + size]).get("__metadata__", {})
+    return {key.removeprefix(PREFIX): value for key, value in metadata.items() if key.startswith(PREFIX)}
 
 
 def _library(item: Located) -> None:
@@ -93,7 +97,6 @@ def _sentence_transformers(item: Located, folder: Path) -> tuple[Path, str | Non
 
 
 def _state(item: Located, folder: Path) -> dict[str, Any]:
-    import torch
     from safetensors.torch import load
 
     if (folder / "model.safetensors").is_file():
@@ -102,15 +105,8 @@ def _state(item: Located, folder: Path) -> dict[str, Any]:
         except Exception as exc:  # any parse failure is a bad weights file
             raise item.error(f"cannot read model.safetensors: {exc}", code="config.bad_weights",
                              key="weights") from None
-    if (folder / "pytorch_model.bin").is_file():
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
-        except Exception as exc:  # unpickling refused, or not a torch file
-            raise item.error(f"cannot load pytorch_model.bin (weights_only=True, nothing in it runs): "
-                             f"{refusal(exc)}", code="config.bad_weights", key="weights") from None
-        return dict(state)
+    if (folder / "pytorch_model.bin").is_file():  # a pickle: read as every .pt/.pth is, weights_only=True
+        return load(state_dict_weights(item, folder / "pytorch_model.bin").data)
     raise item.error(f"no model.safetensors or pytorch_model.bin in {folder}", code="config.missing_weights",
                      key="weights")
 
@@ -156,19 +152,18 @@ class Transformers(Flavor):
                               or min(config.get("max_position_embeddings", FALLBACK_MAX_LENGTH), FALLBACK_MAX_LENGTH)),
         }
         state = {name: tensor.contiguous() for name, tensor in _state(item, transformer).items()}
-        return Weights("safetensors", save(state, metadata={f"sqlinfer.{k}": v for k, v in settings.items()}))
+        return Weights("safetensors", save(state, metadata={PREFIX + k: v for k, v in settings.items()}))
 
     def file_weights(self, item: Located, root: Path) -> Weights | None:
         return None  # a folder packed into one blob, not a file as it is on disk
 
     def labels_in(self, weights: Weights) -> tuple[str, ...] | None:
-        meta = blob_metadata(weights.data)
-        names = json.loads(meta["sqlinfer.config"]).get("id2label") if meta.get("sqlinfer.head") != "embedding" \
-            else None
+        meta = packed_settings(weights)
+        names = json.loads(meta["config"]).get("id2label") if meta["head"] != "embedding" else None
         return tuple(names[key] for key in sorted(names, key=int)) if names else None
 
     def describe(self, item: Located, weights: Weights) -> str:
-        meta = {key.removeprefix("sqlinfer."): value for key, value in blob_metadata(weights.data).items()}
+        meta = packed_settings(weights)
         kind = json.loads(meta["config"])["model_type"]
         if meta["head"] == "embedding":
             how = f"{meta['pooling']} pooling{', normalized' if json.loads(meta['normalize']) else ''}"
@@ -179,8 +174,7 @@ class Transformers(Flavor):
     def build(self, decl: ModelDecl, weights: Weights) -> torch.nn.Module:
         from safetensors.torch import load
 
-        meta = {key.removeprefix("sqlinfer."): value for key, value in blob_metadata(weights.data).items()}
-        return text_module(meta, load(weights.data))
+        return text_module(packed_settings(weights), load(weights.data))
 
 
 def text_module(meta: dict[str, str], state: dict[str, Any]) -> torch.nn.Module:
