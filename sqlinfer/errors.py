@@ -95,6 +95,12 @@ CODES: dict[str, tuple[type[SqlinferError], str]] = {
     "config.bad_class": (ConfigError, "`class: module:Class` cannot be imported: put the module in the project "
                          "folder or install it, and check the class name."),
     "config.labels_mismatch": (ConfigError, "The labels file needs one line per network output."),
+    "config.missing_model": (ConfigError, "The MLflow model, version, alias, run or folder named by `uri:` (or "
+                             "`weights: models:/...`) cannot be found: check the name and the registry's "
+                             "tracking URI (the project file's `mlflow:` or MLFLOW_TRACKING_URI)."),
+    "config.unsafe_model": (ConfigError, "Loading the model would run code it carries (a pickle, a pyfunc's "
+                            "loader): log it in a data format (mlflow.pytorch's pt2), or declare "
+                            "`trust_code: true` if you trust whoever logs to the registry (docs/models.md)."),
     "config.missing_extra": (ConfigError, "The model's flavor needs a library that is not installed: install the "
                              "extra the message names (e.g. pip install 'sqlinfer[onnx]')."),
     "config.unsafe_torchscript": (ConfigError, "The TorchScript file calls operators that reach files, processes "

@@ -79,9 +79,14 @@ class Project:
         (once; later calls return the same models). Imports torch unless every model comes from
         the project's cache of earlier checks (``target/resolved_models.json``)."""
         if self._resolved is None:
+            from sqlinfer.models.mlflow_registry import Settings, absolute_uri, using
             from sqlinfer.models.resolve import resolve_all
 
-            self._resolved = resolve_all(self.models, self.root, self.target / "resolved_models.json")
+            given = self.config.mlflow
+            registry = Settings(*(absolute_uri(uri, self.root) if uri else None
+                                  for uri in (given.tracking_uri, given.registry_uri)))
+            with using(registry):
+                self._resolved = resolve_all(self.models, self.root, self.target / "resolved_models.json")
         return self._resolved
 
     def nodes(self) -> NodeLoader:

@@ -255,3 +255,25 @@ def same_predictions(actual: dict[str, tuple] | None, expected: dict[str, tuple]
         return False
     return all(actual[key][:-1] == row[:-1] and abs(actual[key][-1] - row[-1]) <= tolerance
                for key, row in expected.items())
+
+
+def log_digits_to_mlflow(project: Path, tracking_uri: str, seed: int | None = None, *,
+                         alias: str | None = None) -> tuple[str, Any]:
+    """The digits CNN logged by the example's own script (scripts/log_to_mlflow.py) to the registry
+    at ``tracking_uri`` (a real sqlite store) as a new version of ``digits``: the trained weights,
+    or with ``seed`` a random-init network. Returns the version and the network logged."""
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("log_to_mlflow", project / "scripts" / "log_to_mlflow.py")
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    network = script.trained()
+    if seed is not None:
+        torch.manual_seed(seed)
+        network = type(network)().eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # MLflow's notices (pip requirements, deprecations)
+        return script.log(network, tracking_uri, alias), network

@@ -72,6 +72,14 @@ class Source(Strict):
         return self
 
 
+class MlflowConfig(Strict):
+    """Where the MLflow models of flavor mlflow (and ``weights: models:/...``) are looked up; what is
+    not given comes from MLflow's environment variables. Relative paths are the project's files."""
+
+    tracking_uri: str | None = Field(None, description="e.g. sqlite:///mlflow.db or http://mlflow:5000")
+    registry_uri: str | None = None
+
+
 class ProjectConfig(Strict):
     """The whole project file."""
 
@@ -85,6 +93,7 @@ class ProjectConfig(Strict):
     vars: dict[str, Any] = Field(default_factory=dict)
     spark: dict[str, str | int | float | bool] = Field(default_factory=dict)
     serve: dict[str, ServeValue] = Field(default_factory=dict)
+    mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
 
     @field_validator("models", mode="before")
     @classmethod

@@ -72,11 +72,15 @@ class ModelDecl(Strict):
 
     name: str
     flavor: str = Field(description="a module of sqlinfer.models.flavors: torchvision, torchscript, python, onnx, "
-                                    "transformers")
+                                    "transformers, mlflow")
     architecture: str | None = None
     class_path: str | None = Field(None, alias="class", description="module:Class (python flavor)")
     kwargs: dict[str, Any] = Field(default_factory=dict)
     weights: str | None = None
+    # flavor mlflow: models:/NAME/VERSION, models:/NAME@ALIAS, runs:/RUN_ID/PATH or a model folder.
+    uri: str | None = None
+    # Read a model whose loading runs code it carries (a pickle, a pyfunc's loader): off unless declared.
+    trust_code: bool = False
     input: Literal["image", "tensor", "text"] = "image"
     shape: tuple[int, ...] | None = None
     # Text input: tokens kept per row (longer texts are cut); default: the model folder's own.
@@ -128,6 +132,8 @@ class ModelDecl(Strict):
 
         # What each flavor needs of a declaration is the flavor's to say (no torch imported here).
         flavors.get(self.flavor).validate(self)
+        if self.uri is not None and self.flavor != "mlflow":
+            raise ValueError("`uri` names a model of flavor mlflow; other flavors read `weights`")
         if self.input == "tensor" and not self.shape:
             raise ValueError("input tensor needs `shape` (e.g. [1, 28, 28])")
         if self.input == "tensor" and self.preprocess is not None:

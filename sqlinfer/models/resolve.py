@@ -104,10 +104,12 @@ def _check_network(item: Located, weights: Weights, shape: tuple[int, ...]) -> i
 def fingerprint(item: Located, pp: Preprocess | None, labels: tuple[str, ...] | None, weights: Weights) -> str:
     """sha256 of what decides a model's predictions: a table built with another one is stale."""
     # batch_size and device change how fast a model runs, not what it predicts; where the files
-    # may be is no part of the model either (their contents are).
+    # may be, or whether their loading may run code, is no part of the model either (their contents are).
+    ignored = {"batch_size", "device", "allow_outside_project", "trust_code"}
+    if item.decl.uri is None:
+        ignored.add("uri")  # keys added later leave the fingerprints of models without them as they were
     description = {
-        "decl": item.decl.model_dump(mode="json", by_alias=True,
-                                     exclude={"batch_size", "device", "allow_outside_project"}),
+        "decl": item.decl.model_dump(mode="json", by_alias=True, exclude=ignored),
         # `decoder: auto` leaves the choice to each worker's device, so it is no part of the model;
         # an explicit decoder is (GPU-decoded pixels differ from PIL's by a few levels).
         "preprocess": pp.model_dump(mode="json", exclude={"decoder"} if pp.decoder == "auto" else None)

@@ -140,12 +140,12 @@ def _shipped_as_file(sc: Any, weights: Weights, files: Path, count: Callable[[Co
         partial.write_bytes(weights.data)
         partial.replace(path)
     sc.addFile(str(path))
-    name, kind = path.name, weights.format
+    name, kind, origin = path.name, weights.format, weights.origin
 
     def load() -> Weights:
         from pyspark import SparkFiles
 
         count({"weights_reads": 1})
-        return Weights(kind, Path(SparkFiles.get(name)).read_bytes())
+        return Weights(kind, Path(SparkFiles.get(name)).read_bytes(), origin)
 
     return load

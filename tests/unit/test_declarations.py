@@ -68,8 +68,8 @@ def test_good_declaration_resolves_with_defaults(tmp_path: Path, weights_file: P
 @pytest.mark.parametrize(("change", "code", "line", "message"), [
     (("    k: 3\n", "    k: 3\n    colour: red\n"), "config.unknown_key", 9, "unknown key 'colour' in models['tiny']"),
     (("flavor: torchvision", "flavor: tensorflow"), "config.invalid_value", 3,
-     "models['tiny'].flavor: 'tensorflow' is not a flavor (flavors: onnx, python, torchscript, torchvision, "
-     "transformers)"),
+     "models['tiny'].flavor: 'tensorflow' is not a flavor (flavors: mlflow, onnx, python, torchscript, "
+     "torchvision, transformers)"),
     (("architecture: squeezenet1_1", "architecture: resnet9000"), "config.unknown_architecture", 4,
      "model 'tiny': unknown torchvision architecture 'resnet9000' (did you mean 'resnet50'?) "
      "(see torchvision.models.list_models(module=torchvision.models))"),
@@ -110,7 +110,7 @@ def test_unknown_flavor_suggests_the_closest_one(tmp_path: Path, weights_file: P
         Project.load(root)
     assert (info.value.code, info.value.line) == ("config.invalid_value", 3)
     assert info.value.message == ("models['tiny'].flavor: 'torchvison' is not a flavor (did you mean 'torchvision'?) "
-                                  "(flavors: onnx, python, torchscript, torchvision, transformers)")
+                                  "(flavors: mlflow, onnx, python, torchscript, torchvision, transformers)")
 
 
 def test_an_unnamed_model_is_named_by_its_position(tmp_path: Path, weights_file: Path) -> None:

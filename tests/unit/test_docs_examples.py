@@ -90,6 +90,8 @@ RUN: dict[tuple[str, str], str] = {
         "tests/functional/test_examples.py::test_text_search_finds_passages_by_meaning",
     ("README.md", "sqlinfer sql projects/text_search"):
         "tests/functional/test_examples.py::test_text_search_finds_passages_by_meaning",
+    ("docs/models.md", "name: digits_champion"):
+        "tests/unit/test_mlflow.py::test_models_shows_the_uri_the_version_it_resolved_to_and_the_fingerprint",
     ("docs/models.md", "name: digits_onnx"):
         "tests/unit/test_onnx.py::test_the_onnx_graph_gives_the_outputs_of_the_pytorch_declaration",
     # docs/projects.md

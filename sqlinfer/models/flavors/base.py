@@ -25,14 +25,19 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Weights:
-    """What the driver broadcasts to workers: the weights as one serialized blob."""
+    """What the driver broadcasts to workers: the weights as one serialized blob, and where they were
+    read from when that is more than the blob (an MLflow model version)."""
 
-    format: Literal["safetensors", "torchscript", "onnx"]
+    format: Literal["safetensors", "torchscript", "onnx", "pt2", "mlflow"]
     data: bytes
+    origin: str = ""
 
     @property
     def digest(self) -> str:
-        return hashlib.sha256(self.data).hexdigest()
+        # The origin counts: a registry alias moved to a version with the same bytes is still a new model.
+        digest = hashlib.sha256(f"{self.origin}\0".encode() if self.origin else b"")
+        digest.update(self.data)
+        return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,8 @@ class Flavor(Protocol):
 
 # `weights: package:MODULE/PATH`: a file that ships inside an installed Python package.
 PACKAGE_PREFIX = "package:"
+# `weights: models:/NAME@ALIAS` (python flavor), `uri:` (mlflow flavor): a model in MLflow.
+REGISTRY_SCHEMES = ("models:/", "runs:/")
 
 
 def _declared_path(item: Located, root: Path) -> Path:

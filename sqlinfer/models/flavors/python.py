@@ -1,5 +1,6 @@
 """Flavor `python`: the user's own ``nn.Module`` class (``class: package.module:ClassName``),
-constructed with ``kwargs`` and loaded from a state_dict file.
+constructed with ``kwargs`` and loaded from a state_dict file, or from the weights of a model
+logged with ``mlflow.pytorch`` (``weights: models:/NAME@ALIAS``; :mod:`sqlinfer.models.mlflow_registry`).
 
 The module must be importable on the workers: either installed in their Python environment, or a
 ``.py`` file inside the project folder, which sqlinfer ships to the workers (``SparkContext.addPyFile``).
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlinfer.models.declaration import Located, ModelDecl
 from sqlinfer.models.flavors.base import (
+    REGISTRY_SCHEMES,
     Flavor,
     Weights,
     load_state,
@@ -45,6 +47,31 @@ def load_class(decl: ModelDecl) -> Any:
     return getattr(importlib.import_module(module_name), class_name)
 
 
+def check_class(item: Located, root: Path) -> None:
+    """The declared class imports (a project module first) and is an nn.Module class."""
+    if project_module_file(item.decl, root) is not None and str(root) not in sys.path:
+        # Driver side; workers get the file through SparkContext.addPyFile.
+        sys.path.insert(0, str(root))
+    import torch
+
+    try:
+        cls = load_class(item.decl)
+    except (ImportError, AttributeError) as exc:
+        raise item.error(f"cannot import {item.decl.class_path}: {exc}", code="config.bad_class",
+                         key="class") from None
+    if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
+        # `class: os:system` with `kwargs: {command: ...}` would otherwise be called to "build" it.
+        raise item.error(f"{item.decl.class_path} is not a torch.nn.Module class", code="config.bad_class",
+                         key="class")
+
+
+def build_class(decl: ModelDecl, weights: Weights) -> torch.nn.Module:
+    """The declared class, constructed with ``kwargs`` and loaded with the state_dict in ``weights``."""
+    module: torch.nn.Module = load_class(decl)(**decl.kwargs)
+    load_state(module, weights)
+    return module
+
+
 class Python(Flavor):
     def validate(self, decl: ModelDecl) -> None:
         if not decl.class_path:
@@ -55,36 +82,26 @@ class Python(Flavor):
             raise ValueError("flavor python needs `weights` (a file)")
 
     def load_weights(self, item: Located, root: Path) -> Weights:
-        if project_module_file(item.decl, root) is not None and str(root) not in sys.path:
-            # Driver side; workers get the file through SparkContext.addPyFile.
-            sys.path.insert(0, str(root))
-        import torch
+        check_class(item, root)
+        if item.decl.weights and item.decl.weights.startswith(REGISTRY_SCHEMES):
+            from sqlinfer.models.mlflow_registry import state_dict_weights as registry_weights
 
-        try:
-            cls = load_class(item.decl)
-        except (ImportError, AttributeError) as exc:
-            raise item.error(f"cannot import {item.decl.class_path}: {exc}", code="config.bad_class",
-                             key="class") from None
-        if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
-            # `class: os:system` with `kwargs: {command: ...}` would otherwise be called to "build" it.
-            raise item.error(f"{item.decl.class_path} is not a torch.nn.Module class", code="config.bad_class",
-                             key="class")
+            return registry_weights(item, item.decl.weights, root)
         return state_dict_weights(item, weights_path(item, root))
 
     def file_weights(self, item: Located, root: Path) -> Weights | None:
         return safetensors_file(item, root)
 
     def describe(self, item: Located, weights: Weights) -> str:
-        return f"{item.decl.class_path}, {item.decl.weights}"
+        resolved = f" = {weights.origin}" if weights.origin not in ("", item.decl.weights) else ""
+        return f"{item.decl.class_path}, {item.decl.weights}{resolved}"
 
     def source_files(self, item: Located, root: Path) -> tuple[Path, ...] | None:
         module_file = project_module_file(item.decl, root)
         return (module_file,) if module_file else None
 
     def build(self, decl: ModelDecl, weights: Weights) -> torch.nn.Module:
-        module: torch.nn.Module = load_class(decl)(**decl.kwargs)
-        load_state(module, weights)
-        return module
+        return build_class(decl, weights)
 
 
 FLAVOR = Python()
