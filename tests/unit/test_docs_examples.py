@@ -90,6 +90,10 @@ RUN: dict[tuple[str, str], str] = {
         "tests/functional/test_examples.py::test_text_search_finds_passages_by_meaning",
     ("README.md", "sqlinfer sql projects/text_search"):
         "tests/functional/test_examples.py::test_text_search_finds_passages_by_meaning",
+    ("docs/models.md", "name: digits_scripted"):
+        "tests/unit/test_flavor_examples.py::test_the_python_and_torchscript_examples_predict_alike",
+    ("docs/models.md", "class: digits_net:DigitsCNN         # digits_net.py"):
+        "tests/unit/test_flavor_examples.py::test_the_python_and_torchscript_examples_predict_alike",
     ("docs/models.md", "name: digits_champion"):
         "tests/unit/test_mlflow.py::test_models_shows_the_uri_the_version_it_resolved_to_and_the_fingerprint",
     ("docs/models.md", "name: digits_onnx"):
