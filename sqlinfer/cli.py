@@ -265,10 +265,12 @@ def with_selection(func: Callable[..., Any]) -> Callable[..., Any]:
 @project_argument
 @with_selection
 @click.option("--full-refresh", is_flag=True, help="Rebuild incremental tables from scratch.")
+@click.option("--prune", is_flag=True, help="Drop the tables built for nodes the project no longer has "
+                                            "(without it, each is a warning).")
 @vars_option
 @spark_options
 @user_errors
-def build(project: Path, select: tuple[str, ...], exclude: tuple[str, ...], full_refresh: bool,
+def build(project: Path, select: tuple[str, ...], exclude: tuple[str, ...], full_refresh: bool, prune: bool,
           variables: str | None, master: str | None, conf: tuple[str, ...]) -> None:
     """Compile the project's SQL nodes, then materialize them in dependency order."""
     from sqlinfer.project import Project
@@ -276,7 +278,7 @@ def build(project: Path, select: tuple[str, ...], exclude: tuple[str, ...], full
     loaded = Project.load(project, parse_vars(variables))
     loaded.nodes().load()  # template errors surface before Spark starts
     spark = loaded.start(master, _conf_pairs(conf))
-    result = loaded.build(spark, select, exclude, full_refresh, report=click.echo)
+    result = loaded.build(spark, select, exclude, full_refresh, report=click.echo, prune=prune)
     results = loaded.target / "run_results.json"
     click.echo(f"Results: {results}")
     if not result.success:
@@ -334,6 +336,40 @@ def ls_command(project: Path, select: tuple[str, ...], exclude: tuple[str, ...])
              str(n.path.relative_to(loaded.root)))
             for n in manifest.order(select, exclude)]
     click.echo(format_table(["node", "materialized", "refs", "sources", "functions", "file"], rows))
+
+
+@main.command()
+@project_argument
+def debug(project: Path) -> None:
+    """Check the environment and the project without starting Spark: Java, PySpark, torch and
+    torchvision, CUDA devices, extras, the project's models and SQL, the metastore lock."""
+    from sqlinfer.runtime.debug import run
+
+    checks = run(project)
+    width = max(len(c.name) for c in checks)
+    for check in checks:
+        click.echo(f"{check.name:<{width}}  {'ok  ' if check.ok else 'FAIL'}  {check.detail}")
+    failed = [c.name for c in checks if not c.ok]
+    click.echo(f"{len(failed)} problem(s): {', '.join(failed)}" if failed else "All checks passed.")
+    if failed:
+        raise SystemExit(1)
+
+
+@main.command()
+@project_argument
+@user_errors
+def clean(project: Path) -> None:
+    """Remove the files commands regenerate from the target folder (compiled SQL, results, logs,
+    caches); the tables (metastore and warehouse) are kept."""
+    from sqlinfer.build.clean import KEPT, remove_generated
+    from sqlinfer.project import Project
+
+    loaded = Project.load(project)
+    removed = remove_generated(loaded.target)
+    click.echo(f"Removed {', '.join(_shown(p) for p in removed)}." if removed else "Nothing to remove.")
+    kept = [loaded.target / name for name in KEPT if (loaded.target / name).exists()]
+    if kept:
+        click.echo(f"Kept {' and '.join(_shown(p) for p in kept)}: the project's tables.")
 
 
 @main.command()

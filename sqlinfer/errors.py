@@ -133,6 +133,8 @@ CODES: dict[str, tuple[type[SqlinferError], str]] = {
     # -- build: running on Spark ------------------------------------------------------------------------
     "source.unreadable": (BuildError, "Spark cannot read the source: check its path, format and options in "
                           "sqlinfer_project.yml."),
+    "source.empty": (BuildError, "A source declared `required: true` matches no file: check its path and glob, "
+                     "or add the files."),
     "sql.syntax": (BuildError, "Spark cannot parse the SQL: fix the syntax at the line shown (see "
                    "target/compiled/ for the rendered SQL)."),
     "sql.analysis": (BuildError, "Spark refused the SQL (unknown column, table or function): the message names "

@@ -14,7 +14,7 @@ declaration becoming a SQL function), ``build/`` (a SQL file becoming a table), 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
     from sqlinfer.build.manifest import Manifest, NodeLoader
-    from sqlinfer.build.runner import Runner, RunResult
+    from sqlinfer.build.runner import Runner, RunResult, Scored
     from sqlinfer.models.resolve import ResolvedModel
     from sqlinfer.models.udf import UdfStats
 
@@ -133,18 +133,26 @@ class Project:
         spark: SparkSession = started["spark"]
         return spark
 
-    def register(self, spark: SparkSession, *, views: bool = True) -> dict[str, UdfStats]:
-        """Register every model's UDF, every source (a temporary view) and, with ``views``, the
-        project's view nodes on ``spark``."""
-        from sqlinfer.build.sources import register_sources
+    def register(self, spark: SparkSession, *, views: bool = True,
+                 sources: Iterable[str] | None = None) -> dict[str, UdfStats]:
+        """Register every model's UDF, the sources (temporary views; all of them, or those named in
+        ``sources``) and, with ``views``, the project's view nodes on ``spark``."""
         from sqlinfer.models.udf import register
 
         for model in self.resolve_models():
             self.stats[model.plan.udf_name] = register(spark, model, self.target / "weights")
-        register_sources(spark, self.config.sources, self.root, self.project_file, self.raw)
+        self.register_sources(spark, self.config.sources if sources is None else sources)
         if views:
             self.create_views(spark)
         return self.stats
+
+    def register_sources(self, spark: SparkSession, names: Iterable[str]) -> None:
+        """The named sources as temporary views; a glob that matches no file is a warning (an
+        error for a source declared `required: true`)."""
+        from sqlinfer.build.sources import register_sources
+
+        chosen = {name: source for name, source in self.config.sources.items() if name in set(names)}
+        self.warnings.extend(register_sources(spark, chosen, self.root, self.project_file, self.raw))
 
     def create_views(self, spark: SparkSession) -> None:
         """The view nodes as temporary views. A node that cannot be rendered, or a view over a
@@ -160,9 +168,11 @@ class Project:
         self.warnings.extend(Materializer(spark, self.config.database).views(manifest.order()))
 
     def build(self, spark: SparkSession, select: tuple[str, ...] = (), exclude: tuple[str, ...] = (),
-              full_refresh: bool = False, report: Callable[[str], None] = lambda _line: None) -> RunResult:
-        """Compile, then materialize the selected nodes in dependency order (see sqlinfer.build.runner)."""
-        return self._runner(spark, report).build(select, exclude, full_refresh)
+              full_refresh: bool = False, report: Callable[[str], None] = lambda _line: None,
+              prune: bool = False) -> RunResult:
+        """Compile, then materialize the selected nodes in dependency order (see sqlinfer.build.runner);
+        tables left by deleted nodes are reported, or dropped with ``prune``."""
+        return self._runner(spark, report).build(select, exclude, full_refresh, prune)
 
     def compile(self, spark: SparkSession) -> Manifest:
         """Render every node to target/compiled/ and check it with Spark's analyzer (no model runs)."""
@@ -172,16 +182,26 @@ class Project:
         from sqlinfer.build.runner import Runner
 
         if not self.stats:
-            self.register(spark, views=False)
+            # Sources are registered by the runner, for the nodes it builds or checks only.
+            self.register(spark, views=False, sources=())
+        def register_sources(names: set[str]) -> None:
+            before = len(self.warnings)
+            self.register_sources(spark, names)
+            for warning in self.warnings[before:]:
+                report(f"WARNING {warning}")
+
         return Runner(spark, self.nodes(), root=self.root, target=self.target, database=self.config.database,
+                      sources=register_sources,
                       fingerprints={name: m.plan.fingerprint for m in self.resolve_models()
                                     for name in (m.plan.udf_name, m.plan.checked_udf_name)},
                       model_rows=self._model_rows, model_workers=self._model_workers, report=report)
 
-    def _model_rows(self) -> tuple[int, int]:
-        """Rows the model functions have scored so far in this session, and the bad ones among them."""
-        totals = [s.totals() for s in self.stats.values()]
-        return int(sum(t.get("rows", 0) for t in totals)), int(sum(t.get("bad_rows", 0) for t in totals))
+    def _model_rows(self) -> dict[str, Scored]:
+        """Per model function: rows scored so far in this session, and the bad ones among them."""
+        from sqlinfer.build.runner import Scored
+
+        return {function: Scored(int(totals.get("rows", 0)), int(totals.get("bad_rows", 0)))
+                for function, totals in ((f, s.totals()) for f, s in self.stats.items())}
 
     def _model_workers(self) -> dict[str, dict[str, dict[str, int]]]:
         """Per model function: network builds and weights reads per Python worker process (pid)."""

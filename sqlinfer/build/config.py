@@ -60,6 +60,8 @@ class Source(Strict):
     options: dict[str, str | int | float | bool] = Field(default_factory=dict)
     table: str | None = None
     columns: dict[str, str] = Field(default_factory=dict, description="extra columns: name -> SQL expression")
+    # A file source that matches no file is a warning; with `required: true`, an error.
+    required: bool = False
 
     @model_validator(mode="after")
     def _one_kind(self) -> Source:

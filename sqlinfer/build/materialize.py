@@ -67,6 +67,23 @@ class Materializer:
     def exists(self, name: str) -> bool:
         return self.spark.catalog.tableExists(f"{self.database}.{name}")
 
+    def orphans(self, nodes: set[str]) -> list[str]:
+        """Tables of this database that a sqlinfer build made (they carry ``sqlinfer.node``) for a
+        node the project no longer has: a deleted or renamed SQL file leaves its table behind."""
+        found = []
+        for table in self.spark.catalog.listTables(self.database):
+            name = table.name
+            if table.isTemporary or name in nodes or name.endswith((STAGING, BACKUP)):
+                continue
+            rows = self.spark.sql(f"SHOW TBLPROPERTIES {self.qualified(name)}").collect()
+            if any(row[0] == BUILT_BY_PROPERTY for row in rows):
+                found.append(name)
+        return sorted(found)
+
+    def drop(self, name: str) -> None:
+        """Drop a table and its data (``build --prune``, for tables no node owns)."""
+        self._drop_with_data(name)
+
     def models_recorded(self, name: str) -> dict[str, str] | None:
         """The model fingerprints recorded with a built table (None: no such table or none recorded)."""
         if not self.exists(name):

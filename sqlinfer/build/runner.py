@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from sqlinfer.build.manifest import Manifest, Node, NodeLoader
 from sqlinfer.build.materialize import Materializer
 from sqlinfer.errors import BuildError, SqlinferError
+from sqlinfer.models.plan import checked_name
 from sqlinfer.runtime.executors import task_summary
 from sqlinfer.runtime.spark_errors import sql_line, translate
 
@@ -39,8 +40,9 @@ class NodeResult:
     status: str = "skipped"  # success | error | skipped
     action: str = ""
     rows: int | None = None
-    rows_scored: int = 0  # rows that went through a model function
+    rows_scored: int = 0  # rows that went through a model function (the most any one function scored)
     rows_bad: int = 0  # of those, rows a model could not read (NULL, or failed with on_error: fail)
+    scored_by: dict[str, Scored] = field(default_factory=dict)  # per model function the node called
     seconds: float = 0.0
     message: str = ""
     models: dict[str, str] = field(default_factory=dict)  # function -> fingerprint
@@ -51,6 +53,17 @@ class NodeResult:
     @property
     def rows_per_second(self) -> float | None:
         return self.rows / self.seconds if self.rows and self.seconds > 0 else None
+
+
+@dataclass(frozen=True)
+class Scored:
+    """Rows one model function scored, and the bad ones among them."""
+
+    rows: int = 0
+    bad: int = 0
+
+    def __sub__(self, before: Scored) -> Scored:
+        return Scored(self.rows - before.rows, self.bad - before.bad)
 
 
 @dataclass
@@ -94,32 +107,35 @@ def _located(exc: BaseException, node: Node, functions: Iterable[str]) -> Sqlinf
     return translated
 
 
-def _check_bad_rows(node: Node, scored: int, bad: int) -> None:
-    """The node's ``max_bad_rows`` / ``max_bad_fraction`` against what its model functions saw."""
+def _check_bad_rows(node: Node, scored_by: Mapping[str, Scored]) -> None:
+    """The node's ``max_bad_rows`` / ``max_bad_fraction`` against what each model function saw."""
     cfg = node.config
-    over = []
-    if cfg.max_bad_rows is not None and bad > cfg.max_bad_rows:
-        over.append(f"max_bad_rows: {cfg.max_bad_rows}")
-    if cfg.max_bad_fraction is not None and scored and bad / scored > cfg.max_bad_fraction:
-        over.append(f"max_bad_fraction: {cfg.max_bad_fraction:g}")
-    if over:
-        raise BuildError(f"{bad:,} of {scored:,} rows scored were bad input ({', '.join(over)}); the table "
-                         "is unchanged. The `<function>_checked` functions say why each row failed",
-                         code="build.too_many_bad_rows", path=node.path)
+    for function, scored in scored_by.items():
+        over = []
+        if cfg.max_bad_rows is not None and scored.bad > cfg.max_bad_rows:
+            over.append(f"max_bad_rows: {cfg.max_bad_rows}")
+        if cfg.max_bad_fraction is not None and scored.rows and scored.bad / scored.rows > cfg.max_bad_fraction:
+            over.append(f"max_bad_fraction: {cfg.max_bad_fraction:g}")
+        if over:
+            by = f" by {function}" if len(scored_by) > 1 else ""
+            raise BuildError(f"{scored.bad:,} of {scored.rows:,} rows scored{by} were bad input ({', '.join(over)}); "
+                             "the table is unchanged. The `<function>_checked` functions say why each row failed",
+                             code="build.too_many_bad_rows", path=node.path)
 
 
 class Runner:
     """Compiles and builds one project's nodes on a session.
 
     ``fingerprints`` maps each model function to its model's fingerprint (recorded with the
-    tables that call it); ``model_rows`` returns how many rows the model functions have scored so
-    far, and how many of those were bad input; ``model_workers`` the per-process counters of each
+    tables that call it); ``model_rows`` returns, per model function, how many rows it has scored
+    so far and how many of those were bad input; ``model_workers`` the per-process counters of each
     model function (builds and weights reads per Python worker).
     """
 
     def __init__(self, spark: SparkSession, loader: NodeLoader, *, root: Path, target: Path, database: str,
-                 fingerprints: Mapping[str, str], model_rows: Callable[[], tuple[int, int]],
+                 fingerprints: Mapping[str, str], model_rows: Callable[[], dict[str, Scored]],
                  model_workers: Callable[[], dict[str, dict[str, dict[str, int]]]] = dict,
+                 sources: Callable[[set[str]], None] = lambda _names: None,
                  report: Report = lambda _line: None) -> None:
         self.spark = spark
         self.loader = loader
@@ -129,21 +145,28 @@ class Runner:
         self.fingerprints = fingerprints
         self.model_rows = model_rows
         self.model_workers = model_workers
+        self.register_sources = sources
         self.report = report
         self.materializer = Materializer(spark, database)
 
     # -- compile ------------------------------------------------------------------------------------
-    def compile(self) -> Manifest:
-        """Render every node, write target/compiled/, and check each with Spark's analyzer."""
+    def compile(self, only: set[str] | None = None) -> Manifest:
+        """Render every node, write target/compiled/, and check each (or each node in ``only``)
+        with Spark's analyzer, after registering the sources the checked nodes read."""
         manifest = self.loader.load()
         compiled_dir = self.target / "compiled"
         for node in manifest.nodes.values():
             out = compiled_dir / node.relative
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(node.sql)
+        checked = set(manifest.nodes) if only is None else only
+        # Sources no checked node reads are not registered: a missing path there blocks nothing.
+        self.register_sources({s for name in checked for s in manifest.nodes[name].rendered.sources})
         checking = self.loader.load_with({name: f"`{COMPILE_PREFIX}{name}`" for name in manifest.nodes})
         try:
             for node in checking.order():
+                if node.name not in checked:
+                    continue
                 try:
                     frame = self.spark.sql(node.sql)
                 except Exception as exc:  # every Spark error becomes a located error
@@ -155,15 +178,17 @@ class Runner:
         return manifest
 
     # -- build --------------------------------------------------------------------------------------
-    def build(self, select: Iterable[str] = (), exclude: Iterable[str] = (), full_refresh: bool = False) -> RunResult:
+    def build(self, select: Iterable[str] = (), exclude: Iterable[str] = (), full_refresh: bool = False,
+              prune: bool = False) -> RunResult:
         started = time.perf_counter()
-        manifest = self.compile()
+        manifest = self.loader.load()
         selected = manifest.order(select, exclude)
+        chosen = {n.name for n in selected}
+        needed = {a for n in selected for a in manifest.graph.ancestors(n.name)} - chosen
+        self.compile(chosen | needed)
         self.spark.sql(f"CREATE DATABASE IF NOT EXISTS `{self.database}`")
         # Views are session objects: unselected view ancestors of selected nodes are made too (a
         # node that needs a failed one fails with the real error).
-        chosen = {n.name for n in selected}
-        needed = {a for n in selected for a in manifest.graph.ancestors(n.name)} - chosen
         self.materializer.views([n for n in manifest.order() if n.name in needed])
         results: dict[str, NodeResult] = {}
         for index, node in enumerate(selected, start=1):
@@ -180,6 +205,7 @@ class Runner:
             self.report(f"{prefix} START {node.config.materialized} {node.name}")
             self._run_node(node, result, manifest, full_refresh)
             self.report(f"{prefix} {self._summary(result)}")
+        self._orphans(set(manifest.nodes), prune)
         run = RunResult(list(results.values()), time.perf_counter() - started, self.model_workers())
         run.write(self.target / "run_results.json")
         ok = sum(1 for r in run.nodes if r.status == "success")
@@ -188,25 +214,44 @@ class Runner:
         self.report(f"Done in {run.seconds:.1f}s: {ok} ok, {errors} error, {skipped} skipped.")
         return run
 
+    def _orphans(self, nodes: set[str], prune: bool) -> None:
+        """Tables built for nodes that no longer exist: a warning each, or dropped with ``prune``."""
+        for name in self.materializer.orphans(nodes):
+            table = self.materializer.qualified(name)
+            if prune:
+                self.materializer.drop(name)
+                self.report(f"PRUNE {table}: dropped (no node {name!r} any more)")
+            else:
+                self.report(f"WARNING {table} was built for a node {name!r} that the project no longer has: "
+                            "`sqlinfer build --prune` drops it (or DROP TABLE it yourself)")
+
     def _summary(self, r: NodeResult) -> str:
         if r.status == "error":
             return f"ERROR {r.materialized} {r.name}: {r.message}"
         rows = "" if r.rows is None else f" {r.action}, {r.rows:,} rows"
         speed = f" ({r.rows_per_second:,.0f} rows/s)" if r.rows_per_second else ""
-        scored = f", {r.rows_scored:,} scored" if r.rows_scored else ""
-        scored += f", {r.rows_bad:,} bad" if r.rows_bad else ""
+        scored = ""
+        if len(r.scored_by) > 1 and r.rows_scored:
+            # Each function's own count: two functions over 50 rows scored 50 rows, not 100.
+            scored = ", scored: " + ", ".join(f"{function} {s.rows:,}" + (f" ({s.bad:,} bad)" if s.bad else "")
+                                              for function, s in r.scored_by.items())
+        elif r.rows_scored:
+            scored = f", {r.rows_scored:,} scored" + (f", {r.rows_bad:,} bad" if r.rows_bad else "")
         scored += f", {r.tasks_retried} task{'s' * (r.tasks_retried != 1)} retried" if r.tasks_retried else ""
         note = f" [{r.message}]" if r.message else ""
         return f"OK    {r.materialized} {r.name}{rows}{scored} in {r.seconds:.1f}s{speed}{note}"
 
     def _run_node(self, node: Node, result: NodeResult, manifest: Manifest, full_refresh: bool) -> None:
         started = time.perf_counter()
-        scored_before, bad_before = self.model_rows()
+        before = self.model_rows()
+
+        def scored_since() -> dict[str, Scored]:
+            now = self.model_rows()  # per model function; its `_checked` twin counts into it
+            return {f: now[f] - before.get(f, Scored()) for f in sorted(now)
+                    if f in node.udfs or checked_name(f) in node.udfs}
 
         def check_bad_rows() -> None:
-            scored, bad = (now - before for now, before in zip(self.model_rows(), (scored_before, bad_before),
-                                                                  strict=True))
-            _check_bad_rows(node, scored, bad)
+            _check_bad_rows(node, scored_since())
 
         group = f"sqlinfer-build-{node.name}-{time.time_ns()}"
         self.spark.sparkContext.setJobGroup(group, f"sqlinfer build: {node.config.materialized} {node.name}")
@@ -232,8 +277,9 @@ class Runner:
         result.seconds = time.perf_counter() - started
         tasks = task_summary(self.spark, group)
         result.tasks, result.tasks_retried, result.executors = tasks.tasks, tasks.failed, tasks.executors
-        scored, bad = self.model_rows()
-        result.rows_scored, result.rows_bad = scored - scored_before, bad - bad_before
+        result.scored_by = scored_since()
+        result.rows_scored = max((s.rows for s in result.scored_by.values()), default=0)
+        result.rows_bad = max((s.bad for s in result.scored_by.values()), default=0)
 
     def _incremental_sql(self, node: Node, manifest: Manifest) -> str:
         """The node's SQL for an incremental run: every input that has the unique key column reads

@@ -2,6 +2,7 @@
 
 It declares a torchvision MobileNetV3-Small with a random init (made on the driver, so no
 download is needed) over a few generated PNG images; swap in real weights and data to use it.
+Its prediction node is incremental, the pattern for model scoring: rows are scored once.
 """
 
 from __future__ import annotations
@@ -37,8 +38,10 @@ FILES = {
             k: 3
         """,
     "sql/predictions.sql": """\
-        {{{{ config(materialized='table') }}}}
-        SELECT path, classifier_predict(content) AS top3
+        {{{{ config(materialized='incremental', unique_key='path') }}}}
+        -- Incremental: each build scores only the images whose path is not in the table yet, so a
+        -- large folder is scored once and new files cost only themselves.
+        SELECT path, classifier_predict(content) AS top3, current_timestamp() AS scored_at
         FROM {{{{ source('images') }}}}
         """,
     "sql/best_labels.sql": """\

@@ -14,17 +14,19 @@ from sqlinfer.runtime.spark_errors import first_line
 from sqlinfer.yamlfile import LineDict
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrameReader, SparkSession
+    from pyspark.sql import DataFrame, DataFrameReader, SparkSession
 
 
 def register_sources(spark: SparkSession, sources: Mapping[str, Source], root: Path, project_file: Path,
-                     raw: LineDict) -> None:
+                     raw: LineDict) -> list[str]:
     """Each source as a temporary view under its name; ``raw`` is the project file as read (for
-    the line of each source in errors)."""
+    the line of each source in errors). Returns a warning for each file source that matches no
+    file (for one declared ``required: true``, that is an error)."""
     from pyspark.errors import AnalysisException, ParseException
     from pyspark.sql import functions as F
 
     lines = raw.get("sources")
+    warnings: list[str] = []
     for name, source in sources.items():
         line = lines.line_of(name) if isinstance(lines, LineDict) else None
         try:
@@ -39,6 +41,23 @@ def register_sources(spark: SparkSession, sources: Mapping[str, Source], root: P
             raise BuildError(f"source {name!r} cannot be read: {first_line(str(exc))}",
                              code="source.unreadable", path=project_file, line=line) from None
         frame.createOrReplaceTempView(name)
+        if source.path is not None and _matches_nothing(frame):
+            where = f"{project_file}:{line}" if line else str(project_file)
+            what = f"source {name!r} matches no file ({source.path}{', ' + source.glob if source.glob else ''})"
+            if source.required:
+                raise BuildError(f"{what}, and it is declared `required: true`", code="source.empty",
+                                 path=project_file, line=line)
+            warnings.append(f"{where}: {what}: the nodes that read it get no rows")
+    return warnings
+
+
+def _matches_nothing(frame: DataFrame) -> bool:
+    """Whether a file source found no file: its file index is listed when the DataFrame is made,
+    so this runs no Spark job."""
+    try:
+        return not frame.inputFiles()
+    except Exception:  # a source kind without a file listing: nothing to say
+        return False
 
 
 def _reader(spark: SparkSession, source: Source) -> DataFrameReader:

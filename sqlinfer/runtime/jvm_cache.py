@@ -41,7 +41,7 @@ def cache_folder() -> Path | None:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sqlinfer" / "jvm"
 
 
-def _java() -> Path | None:
+def java_path() -> Path | None:
     """The java that spark-submit runs: $JAVA_HOME/bin/java, else the one on PATH."""
     home = os.environ.get("JAVA_HOME")
     found = str(Path(home) / "bin" / "java") if home else shutil.which("java")
@@ -50,7 +50,7 @@ def _java() -> Path | None:
 
 def archive_path(extra_class_path: str) -> Path | None:
     """Where the archive for this java, PySpark and class path lives (None: sharing is off)."""
-    folder, java = cache_folder(), _java()
+    folder, java = cache_folder(), java_path()
     if folder is None or java is None:
         return None
     stat = java.stat()

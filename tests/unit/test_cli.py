@@ -41,7 +41,7 @@ def test_help_lists_the_commands() -> None:
     result = run("--help")
     assert result.returncode == 0, result.stderr
     commands = [line.split()[0] for line in result.stdout.split("Commands:", 1)[1].splitlines() if line.strip()]
-    assert commands == ["build", "compile", "init", "ls", "models", "serve", "sql"]
+    assert commands == ["build", "clean", "compile", "debug", "init", "ls", "models", "serve", "sql"]
 
 
 @pytest.mark.parametrize("args", [["--help"], ["sql", "--help"], ["build", "--help"], ["serve", "--help"]])
@@ -84,3 +84,22 @@ def test_models_reports_bad_declaration_with_location(digits_models: Path) -> No
     assert result.stderr == (f"error: {models}:17: unknown key 'batchsize' in models['digits'] "
                              "(did you mean 'batch_size'?) [config.unknown_key]\n")
     assert result.stdout == ""
+
+
+def test_clean_removes_generated_files_and_keeps_the_tables(digits_models: Path) -> None:
+    target = digits_models / "target"
+    for folder in ("compiled/sub", "logs", "weights", "metastore_db", "warehouse/digit_predictions"):
+        (target / folder).mkdir(parents=True)
+    for file in ("compiled/sub/a.sql", "logs/spark.log", "weights/x.safetensors", "run_results.json",
+                 "resolved_models.json", "metastore_db/service.properties", "warehouse/digit_predictions/part-0"):
+        (target / file).write_text("x")
+    result = invoke("clean", str(digits_models))
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in target.iterdir()) == ["metastore_db", "warehouse"]
+    assert (target / "warehouse" / "digit_predictions" / "part-0").read_text() == "x"
+    assert (target / "metastore_db" / "service.properties").read_text() == "x"
+    removed, kept = result.stdout.splitlines()
+    assert removed == (f"Removed {target}/compiled, {target}/logs, {target}/weights, {target}/run_results.json, "
+                       f"{target}/resolved_models.json.")
+    assert kept == f"Kept {target}/metastore_db and {target}/warehouse: the project's tables."
+    assert invoke("clean", str(digits_models)).stdout.splitlines()[0] == "Nothing to remove."
