@@ -151,6 +151,9 @@ CODES: dict[str, tuple[type[SqlinferError], str]] = {
                     "message names in `serve: {allow: [...]}` (docs/serve.md)."),
     "build.nodes_failed": (BuildError, "Several nodes failed: each one's error is on its progress line and in "
                            "target/run_results.json; fix them one by one (--select NODE builds one)."),
+    "build.schema_change": (BuildError, "An incremental node's SELECT has other columns than its table: set "
+                            "config(on_schema_change='append_new_columns' or 'sync_all_columns'), or rebuild "
+                            "it with --full-refresh (docs/projects.md)."),
     "build.too_many_bad_rows": (BuildError, "More input rows failed than the node's max_bad_rows / max_bad_fraction "
                                 "allow; the table is unchanged. Query the model's `<function>_checked` to see why."),
     # -- session ----------------------------------------------------------------------------------------

@@ -16,7 +16,8 @@
   reach a model function (Spark does not push an anti join on the result below a Python UDF);
   the anti join here only guards the append against keys the filter could not see. A changed
   model fingerprint (recorded in the table's properties) or ``--full-refresh`` rebuilds it like
-  a table.
+  a table. A SELECT whose columns changed is handled by ``on_schema_change`` before any row is
+  scored (fail, add the new columns, or rewrite the table with the SELECT's columns).
 
 Before a table is swapped in or new rows appended, the runner's check may refuse the staged data
 (``max_bad_rows`` / ``max_bad_fraction``): the staging table is dropped and the node's table is
@@ -32,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlinfer.build.manifest import Node
 from sqlinfer.build.templating import literal
+from sqlinfer.errors import BuildError
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -242,9 +244,14 @@ class Materializer:
             self._swap(node.name)
             action = "full refresh" if rebuild and reason else "created"
             return Outcome(rows, action, "; ".join(x for x in (note, reason) if x))
+        fresh = self.spark.sql(incremental_sql)
+        change = self._schema_change(node, fresh, models)
+        if change:  # the table was altered or rewritten: plan the SELECT (its key filter reads it) again
+            self.spark.catalog.refreshTable(self.qualified(node.name))
+            fresh = self.spark.sql(incremental_sql)
         # The new rows are scored into a staging table first, so a refused check (or a failure
         # while scoring) appends nothing; the append then copies scored rows and runs no model.
-        self._new_rows(node, incremental_sql, key).createOrReplaceTempView("__sqlinfer_new_rows")
+        self._new_rows(node, fresh, key).createOrReplaceTempView("__sqlinfer_new_rows")
         rows = self._stage(node.name, lambda: self._create_staging_copy(node), check)
         # The append's job writes under the table's folder (`_temporary`, hidden from readers) and
         # moves its files into the table when it commits. Killed before the commit, nothing is
@@ -257,17 +264,58 @@ class Materializer:
             self._remove_staging(node.name)
             raise
         self._drop_with_data(node.name + STAGING)
-        return Outcome(rows, "appended", note or "")
+        return Outcome(rows, "appended", "; ".join(x for x in (note, change) if x))
 
     def _create_staging_copy(self, node: Node) -> None:
         self.spark.sql(f"CREATE TABLE {self.qualified(node.name + STAGING)} USING {node.config.file_format} "
                        "AS SELECT * FROM __sqlinfer_new_rows")
 
-    def _new_rows(self, node: Node, sql: str, key: str) -> DataFrame:
+    def _new_rows(self, node: Node, fresh: DataFrame, key: str) -> DataFrame:
+        from pyspark.sql import functions as F
+
         target = self.spark.table(self.qualified(node.name))
-        fresh = self.spark.sql(sql)
-        columns = target.columns
+        # The table's columns in its order; a column the SELECT no longer has (kept by
+        # on_schema_change='append_new_columns') is NULL in the new rows.
+        columns = [F.col(f"`{field.name}`") if field.name in fresh.columns
+                   else F.lit(None).cast(field.dataType).alias(field.name) for field in target.schema.fields]
         # The SQL already reads only new keys where its inputs have the key column (see the module
         # docstring); this anti join keeps keys out that came from inputs without it.
         return (fresh.join(target.select(key), on=key, how="left_anti")
                 .dropDuplicates([key]).select(*columns))
+
+    def _schema_change(self, node: Node, fresh: DataFrame, models: dict[str, str]) -> str:
+        """Compare the table's columns with the SELECT's and act on ``on_schema_change``: ``fail``
+        (the default) stops before anything is written; ``append_new_columns`` adds the new
+        columns (NULL in the old rows; a dropped column stays, NULL in the new rows);
+        ``sync_all_columns`` rewrites the table with exactly the SELECT's columns (old rows
+        copied, cast to changed types: nothing is scored again). Returns a note, or ""."""
+        table = {f.name: f.dataType for f in self.spark.table(self.qualified(node.name)).schema.fields}
+        select = {f.name: f.dataType for f in fresh.schema.fields}
+        added = [c for c in select if c not in table]
+        removed = [c for c in table if c not in select]
+        changed = [c for c in select if c in table and select[c] != table[c]]
+        if not (added or removed or changed):
+            return ""
+        described = "; ".join(part for part in (
+            "added " + ", ".join(f"{c} ({select[c].simpleString()})" for c in added) if added else "",
+            "removed " + ", ".join(removed) if removed else "",
+            "changed " + ", ".join(f"{c} ({table[c].simpleString()} -> {select[c].simpleString()})"
+                                   for c in changed) if changed else "") if part)
+        mode = node.config.on_schema_change
+        if mode == "fail" or (mode == "append_new_columns" and changed):
+            advice = ("config(on_schema_change='sync_all_columns')" if changed else
+                      "config(on_schema_change='append_new_columns') or 'sync_all_columns'")
+            raise BuildError(f"the SELECT's columns no longer match the table's ({described}); the table is "
+                             f"unchanged. Set {advice}, or rebuild it with --full-refresh",
+                             code="build.schema_change", path=node.path)
+        if mode == "append_new_columns":
+            columns = ", ".join(f"`{c}` {select[c].simpleString()}" for c in added)
+            self.spark.sql(f"ALTER TABLE {self.qualified(node.name)} ADD COLUMNS ({columns})")
+        else:
+            copied = ", ".join(f"CAST(`{c}` AS {select[c].simpleString()}) AS `{c}`" if c in table
+                               else f"CAST(NULL AS {select[c].simpleString()}) AS `{c}`" for c in select)
+            self._stage(node.name, lambda: self._create_table_as(
+                node.name + STAGING, node, f"SELECT {copied} FROM {self.qualified(node.name)}", models),
+                lambda: None)
+            self._swap(node.name)
+        return f"schema change ({mode}): {described}"

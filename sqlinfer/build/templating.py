@@ -28,7 +28,10 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from sqlinfer.errors import TemplateError
 
 MATERIALIZATIONS = ("view", "table", "incremental")
-CONFIG_KEYS = ("materialized", "unique_key", "partition_by", "file_format", "max_bad_rows", "max_bad_fraction")
+CONFIG_KEYS = ("materialized", "unique_key", "partition_by", "file_format", "max_bad_rows", "max_bad_fraction",
+               "on_schema_change")
+# dbt's names for what an incremental build does when its SELECT's columns change.
+SCHEMA_CHANGES = ("fail", "append_new_columns", "sync_all_columns")
 TABLE_FORMATS = ("parquet", "orc", "json", "csv", "delta", "iceberg")
 
 
@@ -79,6 +82,7 @@ class NodeConfig:
     # Bad input rows (NULL from a model function) the node may have before it fails; None: any.
     max_bad_rows: int | None = None
     max_bad_fraction: float | None = None
+    on_schema_change: str = "fail"
 
 
 @dataclass
@@ -158,6 +162,11 @@ class _Recorder:
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
                 raise _RenderError("config(): max_bad_fraction must be a number from 0 to 1", "sql.bad_config")
             cfg.max_bad_fraction = float(value)
+        if "on_schema_change" in kwargs:
+            if kwargs["on_schema_change"] not in SCHEMA_CHANGES:
+                raise _RenderError(f"config(): on_schema_change must be one of {', '.join(SCHEMA_CHANGES)}",
+                                   "sql.bad_config")
+            cfg.on_schema_change = kwargs["on_schema_change"]
         return ""
 
     def var(self, name: str, *default: Any) -> SqlLiteral:
