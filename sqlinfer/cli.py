@@ -305,6 +305,24 @@ def build_failure(result: RunResult, results: Path) -> SqlinferError:
                       f"{_shown(results)}", code="build.nodes_failed")
 
 
+@main.command()
+@project_argument
+@spark_options
+@user_errors
+def seed(project: Path, master: str | None, conf: tuple[str, ...]) -> None:
+    """Load the CSV files of the project's seeds folder into tables (usable with ref())."""
+    from sqlinfer.project import Project
+
+    loaded = Project.load(project)
+    if not loaded.nodes().seeds:
+        click.echo(f"No seeds: no .csv file in {loaded.root / loaded.config.seeds}.")
+        return
+    spark = loaded.start(master, _conf_pairs(conf))
+    result = loaded.seed(spark, report=click.echo)
+    if not result.success:
+        fail(build_failure(result, loaded.target / "run_results.json"))
+
+
 @main.command("compile")
 @project_argument
 @vars_option

@@ -98,7 +98,7 @@ class Project:
             self._nodes = NodeLoader(
                 self._inside(self.config.sql, "sql"), self._inside(self.config.macros, "macros"),
                 self.config.database, self.config.sources, {**self.config.vars, **self.vars_override},
-                {m.decl.name: m.decl.udf_name for m in self.models})
+                {m.decl.name: m.decl.udf_name for m in self.models}, self._inside(self.config.seeds, "seeds"))
         return self._nodes
 
     def session(self, master: str | None = None, conf: dict[str, Any] | None = None) -> SparkSession:
@@ -173,6 +173,10 @@ class Project:
         """Compile, then materialize the selected nodes in dependency order (see sqlinfer.build.runner);
         tables left by deleted nodes are reported, or dropped with ``prune``."""
         return self._runner(spark, report).build(select, exclude, full_refresh, prune)
+
+    def seed(self, spark: SparkSession, report: Callable[[str], None] = lambda _line: None) -> RunResult:
+        """Load every seed (a CSV file of the seeds folder) into its table (dbt's ``seed``)."""
+        return self._runner(spark, report).build(tuple(self.nodes().seeds))
 
     def compile(self, spark: SparkSession) -> Manifest:
         """Render every node to target/compiled/ and check it with Spark's analyzer (no model runs)."""

@@ -89,6 +89,7 @@ class ProjectConfig(Strict):
     models: tuple[str, ...] = ("models.yml",)
     sql: str = "sql"
     macros: str = "macros"
+    seeds: str = "seeds"
     target: str = "target"
     database: str = "default"
     sources: dict[str, Source] = Field(default_factory=dict)

@@ -70,12 +70,33 @@ def find_sql_files(sql_dir: Path) -> dict[str, Path]:
     return files
 
 
+def find_seed_files(seeds_dir: Path) -> dict[str, Path]:
+    """The CSV files of the seeds folder, by name (dbt's seeds: small tables kept with the project)."""
+    files: dict[str, Path] = {}
+    for path in sorted(seeds_dir.rglob("*.csv")) if seeds_dir.is_dir() else []:
+        if not IDENTIFIER.match(path.stem):
+            raise TemplateError(f"seed file name {path.name!r} must be an identifier (letters, digits, _)",
+                                code="sql.bad_name", path=path)
+        if path.stem in files:
+            raise TemplateError(f"two seeds named {path.stem!r}: {files[path.stem]} and {path}",
+                                code="sql.duplicate_node", path=path)
+        files[path.stem] = path
+    return files
+
+
+def seed_node(name: str, path: Path, seeds_dir: Path) -> Node:
+    """A seed as a node: no SQL of its own (the build loads its CSV file), and nothing upstream."""
+    relative = path.relative_to(seeds_dir).as_posix()
+    return Node(name, path, relative, Rendered(f"-- seed {relative}", NodeConfig(materialized="seed")))
+
+
 class NodeLoader:
-    """Renders a project's SQL folder into a :class:`Manifest`."""
+    """Renders a project's SQL folder (and lists its seeds) into a :class:`Manifest`."""
 
     def __init__(self, sql_dir: Path, macros_dir: Path, database: str, sources: Iterable[str],
-                 variables: Mapping[str, Any], udfs: Mapping[str, str]) -> None:
+                 variables: Mapping[str, Any], udfs: Mapping[str, str], seeds_dir: Path) -> None:
         self.sql_dir = sql_dir
+        self.seeds_dir = seeds_dir
         self.renderer = Renderer(sql_dir, macros_dir)
         self.database = database
         self.sources = set(sources)
@@ -84,12 +105,18 @@ class NodeLoader:
         # Each model's function and its `_checked` companion: a node calling either is scored.
         self._functions = {name for udf in udfs.values() for name in (udf, checked_name(udf))}
         self.files = find_sql_files(sql_dir) if sql_dir.is_dir() else {}
+        self.seeds = find_seed_files(seeds_dir)
         self._configs: dict[str, NodeConfig] | None = None
         self._manifest: Manifest | None = None
         for name in self.files:
             if name in self.sources:
                 raise TemplateError(f"node {name!r} has the name of a source; rename one of them",
                                     code="sql.name_clash", path=self.files[name])
+        for name, path in self.seeds.items():
+            if name in self.files or name in self.sources:
+                other = self.files.get(name) or "a source of sqlinfer_project.yml"
+                raise TemplateError(f"seed {name!r} has the name of {other}; rename one of them",
+                                    code="sql.name_clash", path=path)
 
     def render(self, name: str, ref: Callable[[str], str], *, incremental: bool = False,
                source: Callable[[str], str] | None = None) -> Rendered:
@@ -109,7 +136,8 @@ class NodeLoader:
             first = {name: self.render(name, lambda n: f"__ref_{n}") for name in self.files}
             for name, rendered in first.items():
                 self._check_references(name, rendered)
-            self._configs = {name: rendered.config for name, rendered in first.items()}
+            self._configs = {**{name: NodeConfig(materialized="seed") for name in self.seeds},
+                             **{name: rendered.config for name, rendered in first.items()}}
         return self._configs
 
     def load(self) -> Manifest:
@@ -125,7 +153,7 @@ class NodeLoader:
         return self._render_all(lambda node: ref_names[node])
 
     def _render_all(self, ref: Callable[[str], str]) -> Manifest:
-        nodes = {}
+        nodes = {name: seed_node(name, path, self.seeds_dir) for name, path in self.seeds.items()}
         for name in self.files:
             rendered = self.render(name, ref)
             nodes[name] = Node(name, self.files[name], self.files[name].relative_to(self.sql_dir).as_posix(),
@@ -142,9 +170,10 @@ class NodeLoader:
 
     def _check_references(self, name: str, rendered: Rendered) -> None:
         for ref, line in rendered.refs.items():
-            if ref not in self.files:
-                known = ", ".join(sorted(self.files)) or "none"
-                raise TemplateError(f"ref({ref!r}): no such node{closest(ref, self.files)} (nodes: {known})",
+            if ref not in self.files and ref not in self.seeds:
+                names = [*self.files, *self.seeds]
+                known = ", ".join(sorted(names)) or "none"
+                raise TemplateError(f"ref({ref!r}): no such node{closest(ref, names)} (nodes: {known})",
                                     code="sql.unknown_ref",
                                     path=self.files[name], line=line or None)
         for source, line in rendered.sources.items():

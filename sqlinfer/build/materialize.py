@@ -1,5 +1,6 @@
 """How each materialization turns a node's SELECT into a relation, without losing data.
 
+- ``seed``: a CSV file of the seeds folder loaded into a table, staged and swapped like a table.
 - ``view``: a temporary view, created again in every session of the project (it may call model
   functions and read sources, which are session objects too).
 - ``table``: the new data is written completely into a staging table, then names are swapped; the
@@ -187,11 +188,13 @@ class Materializer:
         self.spark.sql(f"CREATE TABLE {self.qualified(name)} USING {cfg.file_format} {partition}"
                        f"TBLPROPERTIES ({props}) AS {frame_sql}")
 
-    def table(self, node: Node, models: dict[str, str], check: Check = lambda: None) -> Outcome:
+    def table(self, node: Node, models: dict[str, str], check: Check = lambda: None, sql: str | None = None
+              ) -> Outcome:
+        """Write the node's SELECT (or ``sql``) into a staging table, then swap it in."""
         note = self.recover(node.name)
         existed = self.exists(node.name)
-        rows = self._stage(node.name, lambda: self._create_table_as(node.name + STAGING, node, node.sql, models),
-                           check)
+        rows = self._stage(node.name, lambda: self._create_table_as(node.name + STAGING, node, sql or node.sql,
+                                                                    models), check)
         self._swap(node.name)
         return Outcome(rows, "rebuilt" if existed else "created", note or "")
 
@@ -265,6 +268,15 @@ class Materializer:
             raise
         self._drop_with_data(node.name + STAGING)
         return Outcome(rows, "appended", "; ".join(x for x in (note, change) if x))
+
+    def seed_frame(self, node: Node) -> DataFrame:
+        """A seed's CSV file (header row, column types inferred, as dbt infers them)."""
+        return self.spark.read.option("header", "true").option("inferSchema", "true").csv(str(node.path))
+
+    def seed(self, node: Node) -> Outcome:
+        """Load a seed into its table, staged and swapped in like a table node."""
+        self.seed_frame(node).createOrReplaceTempView("__sqlinfer_seed")
+        return self.table(node, {}, sql="SELECT * FROM __sqlinfer_seed")
 
     def _create_staging_copy(self, node: Node) -> None:
         self.spark.sql(f"CREATE TABLE {self.qualified(node.name + STAGING)} USING {node.config.file_format} "

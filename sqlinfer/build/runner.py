@@ -156,6 +156,8 @@ class Runner:
         manifest = self.loader.load()
         compiled_dir = self.target / "compiled"
         for node in manifest.nodes.values():
+            if node.config.materialized == "seed":
+                continue  # a CSV file: nothing compiled
             out = compiled_dir / node.relative
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(node.sql)
@@ -168,7 +170,8 @@ class Runner:
                 if node.name not in checked:
                     continue
                 try:
-                    frame = self.spark.sql(node.sql)
+                    frame = (self.materializer.seed_frame(node) if node.config.materialized == "seed"
+                             else self.spark.sql(node.sql))
                 except Exception as exc:  # every Spark error becomes a located error
                     raise _located(exc, node, self.fingerprints) from None
                 frame.createOrReplaceTempView(f"{COMPILE_PREFIX}{node.name}")
@@ -259,6 +262,8 @@ class Runner:
             kind = node.config.materialized
             if kind == "view":
                 outcome = self.materializer.view(node)
+            elif kind == "seed":
+                outcome = self.materializer.seed(node)
             elif kind == "table":
                 outcome = self.materializer.table(node, result.models, check_bad_rows)
             else:

@@ -100,6 +100,8 @@ RUN: dict[tuple[str, str], str] = {
         "tests/unit/test_onnx.py::test_the_onnx_graph_gives_the_outputs_of_the_pytorch_declaration",
     # docs/projects.md
     ("docs/projects.md", "my_project/"): f"{UNIT}::test_project_layout",
+    ("docs/projects.md", "JOIN {{ ref('digit_names') }} AS n"):
+        "tests/functional/test_seeds.py::test_seeds_load_as_tables_that_nodes_ref",
     ("docs/projects.md", "name: digits"): f"{UNIT}::test_project_file_example_loads",
     # docs/python-api.md
     ("docs/python-api.md", "sqlinfer.Project.load"): f"{FUNCTIONAL}::test_python_api",

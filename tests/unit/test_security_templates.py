@@ -28,7 +28,8 @@ def loader(tmp_path: Path, files: dict[str, str], variables: dict | None = None,
     for name, text in (macros or {}).items():
         (tmp_path / "macros").mkdir(exist_ok=True)
         (tmp_path / "macros" / name).write_text(textwrap.dedent(text))
-    return NodeLoader(sql, tmp_path / "macros", "db", ["images"], variables or {}, {"digits": "digits_predict"})
+    return NodeLoader(sql, tmp_path / "macros", "db", ["images"], variables or {}, {"digits": "digits_predict"},
+                      tmp_path / "seeds")
 
 
 def render_error(tmp_path: Path, text: str, variables: dict | None = None) -> TemplateError:

@@ -18,7 +18,8 @@ def loader(tmp_path: Path, files: dict[str, str], variables: dict | None = None)
         path = sql / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(textwrap.dedent(text))
-    return NodeLoader(sql, tmp_path / "macros", "db", ["images"], variables or {}, {"digits": "digits_predict"})
+    return NodeLoader(sql, tmp_path / "macros", "db", ["images"], variables or {}, {"digits": "digits_predict"},
+                      tmp_path / "seeds")
 
 
 def test_refs_sources_config_and_order(tmp_path: Path) -> None:
