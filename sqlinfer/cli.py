@@ -267,18 +267,21 @@ def with_selection(func: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--full-refresh", is_flag=True, help="Rebuild incremental tables from scratch.")
 @click.option("--prune", is_flag=True, help="Drop the tables built for nodes the project no longer has "
                                             "(without it, each is a warning).")
+@click.option("--state", type=click.Path(exists=True, path_type=Path), default=None,
+              help="An earlier build's target folder (or its manifest.json): --select state:modified+ builds "
+                   "what changed since, and everything downstream.")
 @vars_option
 @spark_options
 @user_errors
 def build(project: Path, select: tuple[str, ...], exclude: tuple[str, ...], full_refresh: bool, prune: bool,
-          variables: str | None, master: str | None, conf: tuple[str, ...]) -> None:
+          state: Path | None, variables: str | None, master: str | None, conf: tuple[str, ...]) -> None:
     """Compile the project's SQL nodes, then materialize them in dependency order."""
     from sqlinfer.project import Project
 
     loaded = Project.load(project, parse_vars(variables))
     loaded.nodes().load()  # template errors surface before Spark starts
     spark = loaded.start(master, _conf_pairs(conf))
-    result = loaded.build(spark, select, exclude, full_refresh, report=click.echo, prune=prune)
+    result = loaded.build(spark, select, exclude, full_refresh, report=click.echo, prune=prune, state=state)
     results = loaded.target / "run_results.json"
     click.echo(f"Results: {results}")
     if not result.success:

@@ -130,7 +130,11 @@ CODES: dict[str, tuple[type[SqlinferError], str]] = {
                              "project's SQL or macros folder, relative to it (without '..')."),
     "dag.cycle": (TemplateError, "The nodes ref() each other in a circle: break the cycle shown."),
     "dag.unknown_node": (TemplateError, "--select/--exclude names no node: the message lists the nodes."),
+    "dag.no_state": (TemplateError, "state:modified compares with an earlier build: pass --state with that "
+                     "build's target folder (or its manifest.json)."),
     # -- build: running on Spark ------------------------------------------------------------------------
+    "state.unreadable": (BuildError, "--state names no readable manifest.json: give the target folder of an "
+                         "earlier build (every build writes target/manifest.json)."),
     "source.unreadable": (BuildError, "Spark cannot read the source: check its path, format and options in "
                           "sqlinfer_project.yml."),
     "source.empty": (BuildError, "A source declared `required: true` matches no file: check its path and glob, "

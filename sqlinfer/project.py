@@ -169,10 +169,11 @@ class Project:
 
     def build(self, spark: SparkSession, select: tuple[str, ...] = (), exclude: tuple[str, ...] = (),
               full_refresh: bool = False, report: Callable[[str], None] = lambda _line: None,
-              prune: bool = False) -> RunResult:
+              prune: bool = False, state: Path | None = None) -> RunResult:
         """Compile, then materialize the selected nodes in dependency order (see sqlinfer.build.runner);
-        tables left by deleted nodes are reported, or dropped with ``prune``."""
-        return self._runner(spark, report).build(select, exclude, full_refresh, prune)
+        tables left by deleted nodes are reported, or dropped with ``prune``; ``state`` (an earlier
+        build's target folder) gives ``--select state:modified`` its meaning."""
+        return self._runner(spark, report).build(select, exclude, full_refresh, prune, state)
 
     def seed(self, spark: SparkSession, report: Callable[[str], None] = lambda _line: None) -> RunResult:
         """Load every seed (a CSV file of the seeds folder) into its table (dbt's ``seed``)."""

@@ -12,7 +12,7 @@ from pathlib import Path
 
 # What commands write again when it is missing: compiled SQL, results, logs, the check cache and
 # the weights files shipped to executors.
-GENERATED = ("compiled", "logs", "weights", "run_results.json", "resolved_models.json", "derby.log")
+GENERATED = ("compiled", "logs", "weights", "run_results.json", "manifest.json", "resolved_models.json", "derby.log")
 KEPT = ("metastore_db", "warehouse")
 
 

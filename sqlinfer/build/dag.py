@@ -1,7 +1,9 @@
 """The graph of nodes: dependency order, cycles, and `--select` / `--exclude`.
 
 Selection syntax (dbt's): ``name`` (the node), ``+name`` (with its ancestors), ``name+`` (with its
-descendants), ``+name+`` (both); several selectors are a union; ``--exclude`` removes nodes.
+descendants), ``+name+`` (both); ``state:modified`` stands for the nodes that changed since an
+earlier build's manifest (:mod:`sqlinfer.build.state`) and takes the same ``+``; several selectors
+are a union; ``--exclude`` removes nodes.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from sqlinfer.errors import TemplateError, closest
+
+STATE_MODIFIED = "state:modified"
 
 
 class CycleError(TemplateError):
@@ -65,25 +69,35 @@ class Graph:
                 todo.extend(edges[current])
         return seen
 
-    def select(self, selectors: Iterable[str] = (), exclude: Iterable[str] = ()) -> list[str]:
-        """The selected nodes in dependency order (all nodes when no selector is given)."""
+    def select(self, selectors: Iterable[str] = (), exclude: Iterable[str] = (),
+               modified: set[str] | None = None) -> list[str]:
+        """The selected nodes in dependency order (all nodes when no selector is given);
+        ``modified``: the nodes ``state:modified`` names (None: no earlier state was given)."""
         selectors = [s for item in selectors for s in item.split()]
         chosen = set(self.parents) if not selectors else set()
         for selector in selectors:
-            chosen |= self._expand(selector)
+            chosen |= self._expand(selector, modified)
         for selector in (s for item in exclude for s in item.split()):
-            chosen -= self._expand(selector)
+            chosen -= self._expand(selector, modified)
         return [node for node in self.order() if node in chosen]
 
-    def _expand(self, selector: str) -> set[str]:
+    def _expand(self, selector: str, modified: set[str] | None) -> set[str]:
         name = selector.strip("+")
-        if name not in self.parents:
+        if name == STATE_MODIFIED:
+            if modified is None:
+                raise TemplateError(f"--select {selector} needs --state PATH: the target folder (or its "
+                                    "manifest.json) of the build to compare with", code="dag.no_state")
+            roots = modified & set(self.parents)
+        elif name not in self.parents:
             known = ", ".join(sorted(self.parents)) or "none"
             raise TemplateError(f"no node named {name!r}{closest(name, self.parents)} (nodes: {known})",
                                 code="dag.unknown_node")
-        nodes = {name}
-        if selector.startswith("+"):
-            nodes |= self.ancestors(name)
-        if selector.endswith("+"):
-            nodes |= self.descendants(name)
+        else:
+            roots = {name}
+        nodes = set(roots)
+        for root in roots:
+            if selector.startswith("+"):
+                nodes |= self.ancestors(root)
+            if selector.endswith("+"):
+                nodes |= self.descendants(root)
         return nodes

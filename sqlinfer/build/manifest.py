@@ -47,8 +47,9 @@ class Manifest:
     graph: Graph
     ref: Callable[[str], str]  # what ref(node) renders to in these nodes' SQL
 
-    def order(self, select: Iterable[str] = (), exclude: Iterable[str] = ()) -> list[Node]:
-        return [self.nodes[name] for name in self.graph.select(select, exclude)]
+    def order(self, select: Iterable[str] = (), exclude: Iterable[str] = (),
+              modified: set[str] | None = None) -> list[Node]:
+        return [self.nodes[name] for name in self.graph.select(select, exclude, modified)]
 
 
 def relation_name(database: str, node: str, config: NodeConfig) -> str:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from sqlinfer.build.manifest import Manifest, Node, NodeLoader
 from sqlinfer.build.materialize import Materializer
+from sqlinfer.build.state import modified, node_states, read_manifest, write_manifest
 from sqlinfer.errors import BuildError, SqlinferError
 from sqlinfer.models.plan import checked_name
 from sqlinfer.runtime.executors import task_summary
@@ -182,10 +183,14 @@ class Runner:
 
     # -- build --------------------------------------------------------------------------------------
     def build(self, select: Iterable[str] = (), exclude: Iterable[str] = (), full_refresh: bool = False,
-              prune: bool = False) -> RunResult:
+              prune: bool = False, state: Path | None = None) -> RunResult:
+        """Materialize the selected nodes; ``state``: an earlier build's target folder (or its
+        manifest.json), for ``state:modified`` selectors. Writes run_results.json and manifest.json."""
         started = time.perf_counter()
         manifest = self.loader.load()
-        selected = manifest.order(select, exclude)
+        states = node_states(manifest, self.fingerprints)
+        changed = modified(states, read_manifest(state)) if state is not None else None
+        selected = manifest.order(select, exclude, changed)
         chosen = {n.name for n in selected}
         needed = {a for n in selected for a in manifest.graph.ancestors(n.name)} - chosen
         self.compile(chosen | needed)
@@ -211,6 +216,7 @@ class Runner:
         self._orphans(set(manifest.nodes), prune)
         run = RunResult(list(results.values()), time.perf_counter() - started, self.model_workers())
         run.write(self.target / "run_results.json")
+        write_manifest(self.target, states)
         ok = sum(1 for r in run.nodes if r.status == "success")
         errors = sum(1 for r in run.nodes if r.status == "error")
         skipped = sum(1 for r in run.nodes if r.status == "skipped")
