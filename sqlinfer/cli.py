@@ -310,6 +310,27 @@ def build_failure(result: RunResult, results: Path) -> SqlinferError:
 
 @main.command()
 @project_argument
+@with_selection
+@vars_option
+@spark_options
+@user_errors
+def test(project: Path, select: tuple[str, ...], exclude: tuple[str, ...], variables: str | None,
+         master: str | None, conf: tuple[str, ...]) -> None:
+    """Run the data tests (sql/*.yml and tests/*.sql) of the selected nodes against their tables."""
+    from sqlinfer.project import Project
+
+    loaded = Project.load(project, parse_vars(variables))
+    loaded.nodes().load()
+    spark = loaded.start(master, _conf_pairs(conf))
+    result = loaded.test(spark, select, exclude, report=click.echo)
+    failed = [t for t in result.tests if t.status in ("fail", "error")]
+    if failed:
+        fail(BuildError(f"{len(failed)} data test{'s' * (len(failed) != 1)} failed: "
+                        f"{', '.join(t.name for t in failed)}", code="test.failed"))
+
+
+@main.command()
+@project_argument
 @spark_options
 @user_errors
 def seed(project: Path, master: str | None, conf: tuple[str, ...]) -> None:

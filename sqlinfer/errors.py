@@ -133,6 +133,10 @@ CODES: dict[str, tuple[type[SqlinferError], str]] = {
     "dag.no_state": (TemplateError, "state:modified compares with an earlier build: pass --state with that "
                      "build's target folder (or its manifest.json)."),
     # -- build: running on Spark ------------------------------------------------------------------------
+    "test.bad_declaration": (ConfigError, "A data test in the SQL folder's YAML is not one sqlinfer knows, or "
+                             "lacks an argument: the message names the test and what it needs (docs/projects.md)."),
+    "test.failed": (BuildError, "Data tests found failing rows: each one's line shows how many and a few of them; "
+                    "fix the data or the model, or give the test `severity: warn`."),
     "state.unreadable": (BuildError, "--state names no readable manifest.json: give the target folder of an "
                          "earlier build (every build writes target/manifest.json)."),
     "source.unreadable": (BuildError, "Spark cannot read the source: check its path, format and options in "

@@ -28,6 +28,7 @@ from sqlinfer.yamlfile import LineDict
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
+    from sqlinfer.build.data_tests import DataTest
     from sqlinfer.build.manifest import Manifest, NodeLoader
     from sqlinfer.build.runner import Runner, RunResult, Scored
     from sqlinfer.models.resolve import ResolvedModel
@@ -175,6 +176,30 @@ class Project:
         build's target folder) gives ``--select state:modified`` its meaning."""
         return self._runner(spark, report).build(select, exclude, full_refresh, prune, state)
 
+    def data_tests(self) -> list[DataTest]:
+        """The project's data tests: generic ones from the SQL folder's YAML files, singular ones
+        from the tests folder (sqlinfer.build.data_tests)."""
+        from sqlinfer.build.data_tests import Context, load_declared, load_singular
+
+        manifest = self.nodes().load()
+        model_of = {function: m.decl.name for m in self.models
+                    for function in (m.decl.udf_name, f"{m.decl.udf_name}_checked")}
+        context = Context(
+            relation=manifest.ref, nodes=frozenset(manifest.nodes),
+            node_models={name: tuple(sorted({model_of[f] for f in node.udfs if f in model_of}))
+                         for name, node in manifest.nodes.items()},
+            labels={m.plan.decl.name: m.plan.labels for m in self.resolve_models()})
+        sql_dir = self._inside(self.config.sql, "sql")
+        tests_dir = self._inside(self.config.tests, "tests")
+        yaml_files = sorted([*sql_dir.rglob("*.yml"), *sql_dir.rglob("*.yaml")]) if sql_dir.is_dir() else []
+        return [*load_declared(yaml_files, context),
+                *load_singular(tests_dir, lambda path: self.nodes().render_test(path, tests_dir))]
+
+    def test(self, spark: SparkSession, select: tuple[str, ...] = (), exclude: tuple[str, ...] = (),
+             report: Callable[[str], None] = lambda _line: None) -> RunResult:
+        """Run the data tests of the selected nodes against their tables (dbt's ``test``)."""
+        return self._runner(spark, report).test(select, exclude)
+
     def seed(self, spark: SparkSession, report: Callable[[str], None] = lambda _line: None) -> RunResult:
         """Load every seed (a CSV file of the seeds folder) into its table (dbt's ``seed``)."""
         return self._runner(spark, report).build(tuple(self.nodes().seeds))
@@ -196,7 +221,7 @@ class Project:
                 report(f"WARNING {warning}")
 
         return Runner(spark, self.nodes(), root=self.root, target=self.target, database=self.config.database,
-                      sources=register_sources,
+                      sources=register_sources, tests=self.data_tests,
                       fingerprints={name: m.plan.fingerprint for m in self.resolve_models()
                                     for name in (m.plan.udf_name, m.plan.checked_udf_name)},
                       model_rows=self._model_rows, model_workers=self._model_workers, report=report)

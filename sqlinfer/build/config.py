@@ -90,6 +90,7 @@ class ProjectConfig(Strict):
     sql: str = "sql"
     macros: str = "macros"
     seeds: str = "seeds"
+    tests: str = "tests"  # singular data tests: SQL files that select failing rows
     target: str = "target"
     database: str = "default"
     sources: dict[str, Source] = Field(default_factory=dict)

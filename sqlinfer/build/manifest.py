@@ -99,6 +99,7 @@ class NodeLoader:
         self.sql_dir = sql_dir
         self.seeds_dir = seeds_dir
         self.renderer = Renderer(sql_dir, macros_dir)
+        self.macros_dir = macros_dir
         self.database = database
         self.sources = set(sources)
         self.vars = variables
@@ -126,6 +127,22 @@ class NodeLoader:
             vars=self.vars, udfs=self.udfs, ref=ref, source=source or self.source_name,
             this=f"`{self.database}`.`{name}`", incremental=incremental)
         return self.renderer.render(path, path.relative_to(self.sql_dir).as_posix(), context)
+
+    def render_test(self, path: Path, tests_dir: Path) -> Rendered:
+        """A singular test (a SQL file of the tests folder) rendered like a node, its ref() and
+        source() checked against the project's nodes, seeds and sources."""
+        manifest = self.load()
+        context = RenderContext(vars=self.vars, udfs=self.udfs, ref=manifest.ref, source=self.source_name)
+        rendered = Renderer(tests_dir, self.macros_dir).render(path, path.relative_to(tests_dir).as_posix(), context)
+        for ref, line in rendered.refs.items():
+            if ref not in manifest.nodes:
+                raise TemplateError(f"ref({ref!r}): no such node{closest(ref, manifest.nodes)}",
+                                    code="sql.unknown_ref", path=path, line=line or None)
+        for source, line in rendered.sources.items():
+            if source not in self.sources:
+                raise TemplateError(f"source({source!r}): no such source{closest(source, self.sources)}",
+                                    code="sql.unknown_source", path=path, line=line or None)
+        return rendered
 
     @staticmethod
     def source_name(name: str) -> str:

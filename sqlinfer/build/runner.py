@@ -16,13 +16,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sqlinfer.build.data_tests import DataTest, TestResult
 from sqlinfer.build.manifest import Manifest, Node, NodeLoader
 from sqlinfer.build.materialize import Materializer
 from sqlinfer.build.state import modified, node_states, read_manifest, write_manifest
 from sqlinfer.errors import BuildError, SqlinferError
 from sqlinfer.models.plan import checked_name
 from sqlinfer.runtime.executors import task_summary
-from sqlinfer.runtime.spark_errors import sql_line, translate
+from sqlinfer.runtime.spark_errors import first_line, sql_line, translate
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -44,6 +45,7 @@ class NodeResult:
     rows_scored: int = 0  # rows that went through a model function (the most any one function scored)
     rows_bad: int = 0  # of those, rows a model could not read (NULL, or failed with on_error: fail)
     scored_by: dict[str, Scored] = field(default_factory=dict)  # per model function the node called
+    tests: list[TestResult] = field(default_factory=list)  # the node's data tests, run after it
     seconds: float = 0.0
     message: str = ""
     models: dict[str, str] = field(default_factory=dict)  # function -> fingerprint
@@ -75,10 +77,12 @@ class RunResult:
     seconds: float
     # Per model function, counters per Python worker process (pid): {"builds": {pid: n}, "weights_reads": ...}
     workers: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
+    tests: list[TestResult] = field(default_factory=list)  # singular tests (a node's own are in its result)
 
     @property
     def success(self) -> bool:
-        return all(n.status == "success" for n in self.nodes)
+        return (all(n.status == "success" for n in self.nodes)
+                and all(t.status in ("pass", "warn") for t in self.tests))
 
     def write(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -88,6 +92,7 @@ class RunResult:
             "elapsed_seconds": round(self.seconds, 3),
             "nodes": [{**asdict(n), "rows_per_second": n.rows_per_second} for n in self.nodes],
             "model_workers": self.workers,
+            "tests": [asdict(t) for t in self.tests],
         }
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(payload, indent=2) + "\n")
@@ -106,6 +111,21 @@ def _located(exc: BaseException, node: Node, functions: Iterable[str]) -> Sqlinf
     translated.path = str(node.path)
     translated.line = sql_line(exc)
     return translated
+
+
+SAMPLE_ROWS = 3  # failing rows a failed test shows
+
+
+def _test_line(result: TestResult) -> str:
+    label = {"pass": "PASS", "fail": "FAIL", "warn": "WARN", "error": "ERROR"}[result.status]
+    where = f"{result.path}:{result.line}" if result.line else result.path
+    if result.status == "pass":
+        return f"  {label}  {result.name}"
+    if result.status == "error":
+        return f"  {label} {result.name} ({where}): {result.message}"
+    allowed = f" (at most {result.allowed:,} allowed)" if result.allowed else ""
+    sample = "; ".join(", ".join(f"{k}={v}" for k, v in row.items()) for row in result.sample)
+    return f"  {label}  {result.name}: {result.failures:,} failing rows{allowed} ({where}), e.g. {sample}"
 
 
 def _check_bad_rows(node: Node, scored_by: Mapping[str, Scored]) -> None:
@@ -137,6 +157,7 @@ class Runner:
                  fingerprints: Mapping[str, str], model_rows: Callable[[], dict[str, Scored]],
                  model_workers: Callable[[], dict[str, dict[str, dict[str, int]]]] = dict,
                  sources: Callable[[set[str]], None] = lambda _names: None,
+                 tests: Callable[[], list[DataTest]] = list,
                  report: Report = lambda _line: None) -> None:
         self.spark = spark
         self.loader = loader
@@ -147,6 +168,7 @@ class Runner:
         self.model_rows = model_rows
         self.model_workers = model_workers
         self.register_sources = sources
+        self.data_tests = tests
         self.report = report
         self.materializer = Materializer(spark, database)
 
@@ -194,6 +216,7 @@ class Runner:
         chosen = {n.name for n in selected}
         needed = {a for n in selected for a in manifest.graph.ancestors(n.name)} - chosen
         self.compile(chosen | needed)
+        tests = self.data_tests()
         self.spark.sql(f"CREATE DATABASE IF NOT EXISTS `{self.database}`")
         # Views are session objects: unselected view ancestors of selected nodes are made too (a
         # node that needs a failed one fails with the real error).
@@ -213,8 +236,15 @@ class Runner:
             self.report(f"{prefix} START {node.config.materialized} {node.name}")
             self._run_node(node, result, manifest, full_refresh)
             self.report(f"{prefix} {self._summary(result)}")
+            if result.status == "success":
+                self._test_node(node.name, result, tests)
         self._orphans(set(manifest.nodes), prune)
-        run = RunResult(list(results.values()), time.perf_counter() - started, self.model_workers())
+        built = {name for name, r in results.items() if r.status == "success"}
+        # A singular test runs once every node it reads was built in this run (or was not selected).
+        singular = [t for t in tests if t.node is None and t.refs <= built | (set(manifest.nodes) - chosen)
+                    and t.refs & chosen]
+        run = RunResult(list(results.values()), time.perf_counter() - started, self.model_workers(),
+                        self.run_tests(singular))
         run.write(self.target / "run_results.json")
         write_manifest(self.target, states)
         ok = sum(1 for r in run.nodes if r.status == "success")
@@ -222,6 +252,57 @@ class Runner:
         skipped = sum(1 for r in run.nodes if r.status == "skipped")
         self.report(f"Done in {run.seconds:.1f}s: {ok} ok, {errors} error, {skipped} skipped.")
         return run
+
+    # -- data tests ---------------------------------------------------------------------------------
+    def test(self, select: Iterable[str] = (), exclude: Iterable[str] = ()) -> RunResult:
+        """Run the data tests of the selected nodes (and the singular tests that read them) against
+        the tables as they are; writes run_results.json."""
+        started = time.perf_counter()
+        manifest = self.loader.load()
+        chosen = {n.name for n in manifest.order(select, exclude)}
+        needed = chosen | {a for name in chosen for a in manifest.graph.ancestors(name)}
+        self.compile(needed)
+        self.materializer.views([n for n in manifest.order() if n.name in needed])
+        tests = [t for t in self.data_tests() if (t.node in chosen) or (t.node is None and t.refs & chosen)]
+        run = RunResult([], 0.0, tests=self.run_tests(tests))
+        run.seconds = time.perf_counter() - started
+        run.write(self.target / "run_results.json")
+        failed = sum(1 for t in run.tests if t.status in ("fail", "error"))
+        warned = sum(1 for t in run.tests if t.status == "warn")
+        self.report(f"Done in {run.seconds:.1f}s: {len(run.tests) - failed - warned} passed, {failed} failed, "
+                    f"{warned} warned.")
+        return run
+
+    def run_tests(self, tests: list[DataTest]) -> list[TestResult]:
+        """Run each test, reporting a line per test (and a few failing rows of a failed one)."""
+        results = []
+        for test in tests:
+            result = TestResult(test.name, test.node, test.severity, "pass", path=str(test.path), line=test.line)
+            try:
+                result.failures = int(self.spark.sql(f"SELECT count(*) FROM ({test.failing_sql})").first()[0])
+                if test.allowed_sql is not None:
+                    result.allowed = int(self.spark.sql(test.allowed_sql).first()[0] or 0)
+                if result.failures > result.allowed:
+                    result.status = "fail" if test.severity == "error" else "warn"
+                    result.sample = [{k: str(v) for k, v in row.asDict().items()}
+                                     for row in self.spark.sql(test.failing_sql).limit(SAMPLE_ROWS).collect()]
+            except Exception as exc:  # a test that cannot run is a failed test, located at its declaration
+                result.status = "error"
+                result.message = first_line(str(exc))
+            results.append(result)
+            self.report(_test_line(result))
+        return results
+
+    def _test_node(self, name: str, result: NodeResult, tests: list[DataTest]) -> None:
+        """Run a node's tests right after it; an error-severity failure fails the node, so its
+        descendants are skipped (its table stays as built)."""
+        result.tests = self.run_tests([t for t in tests if t.node == name])
+        failed = [t for t in result.tests if t.status in ("fail", "error")]
+        if failed:
+            result.status = "error"
+            result.message = (f"{len(failed)} data test{'s' * (len(failed) != 1)} failed: "
+                              + ", ".join(f"{t.name} ({t.failures:,} rows)" if t.status == "fail" else
+                                          f"{t.name} (could not run)" for t in failed))
 
     def _orphans(self, nodes: set[str], prune: bool) -> None:
         """Tables built for nodes that no longer exist: a warning each, or dropped with ``prune``."""

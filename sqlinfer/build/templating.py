@@ -29,7 +29,7 @@ from sqlinfer.errors import TemplateError
 
 MATERIALIZATIONS = ("view", "table", "incremental")
 CONFIG_KEYS = ("materialized", "unique_key", "partition_by", "file_format", "max_bad_rows", "max_bad_fraction",
-               "on_schema_change")
+               "on_schema_change", "severity")
 # dbt's names for what an incremental build does when its SELECT's columns change.
 SCHEMA_CHANGES = ("fail", "append_new_columns", "sync_all_columns")
 TABLE_FORMATS = ("parquet", "orc", "json", "csv", "delta", "iceberg")
@@ -83,6 +83,7 @@ class NodeConfig:
     max_bad_rows: int | None = None
     max_bad_fraction: float | None = None
     on_schema_change: str = "fail"
+    severity: str = "error"  # a singular test's (tests/*.sql): error or warn
 
 
 @dataclass
@@ -167,6 +168,10 @@ class _Recorder:
                 raise _RenderError(f"config(): on_schema_change must be one of {', '.join(SCHEMA_CHANGES)}",
                                    "sql.bad_config")
             cfg.on_schema_change = kwargs["on_schema_change"]
+        if "severity" in kwargs:
+            if kwargs["severity"] not in ("error", "warn"):
+                raise _RenderError("config(): severity must be error or warn", "sql.bad_config")
+            cfg.severity = kwargs["severity"]
         return ""
 
     def var(self, name: str, *default: Any) -> SqlLiteral:
