@@ -329,6 +329,52 @@ def test(project: Path, select: tuple[str, ...], exclude: tuple[str, ...], varia
                         f"{', '.join(t.name for t in failed)}", code="test.failed"))
 
 
+@main.group()
+def docs() -> None:
+    """The project's docs page: lineage graph, nodes, sources, models (target/docs/index.html)."""
+
+
+@docs.command("generate")
+@project_argument
+@vars_option
+@spark_options
+@user_errors
+def docs_generate(project: Path, variables: str | None, master: str | None, conf: tuple[str, ...]) -> None:
+    """Write target/docs/index.html: one self-contained page, open it in a browser or `docs serve` it."""
+    from sqlinfer.project import Project
+
+    loaded = Project.load(project, parse_vars(variables))
+    loaded.nodes().load()
+    spark = loaded.start(master, _conf_pairs(conf))
+    click.echo(f"Wrote {_shown(loaded.docs(spark))}")
+
+
+@docs.command("serve")
+@project_argument
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback by default).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True, help="0 picks a free port.")
+@user_errors
+def docs_serve(project: Path, host: str, port: int) -> None:
+    """Serve the generated docs page over HTTP until Ctrl-C."""
+    from functools import partial
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    from sqlinfer.project import Project
+
+    folder = Project.load(project).target / "docs"
+    if not (folder / "index.html").is_file():
+        fail(CommandError(f"no docs page in {_shown(folder)}: run `sqlinfer docs generate` first",
+                          code="cli.no_docs", path=folder))
+    server = ThreadingHTTPServer((host, port), partial(SimpleHTTPRequestHandler, directory=str(folder)))
+    click.echo(f"Serving {_shown(folder / 'index.html')} at http://{host}:{server.server_address[1]}/ (Ctrl-C stops)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
 @main.command()
 @project_argument
 @spark_options

@@ -198,6 +198,8 @@ CODES: dict[str, tuple[type[SqlinferError], str]] = {
     # -- command-line arguments ---------------------------------------------------------------------------
     "cli.bad_output": (CommandError, "--output must end in .parquet, .csv or .json."),
     "cli.bad_name": (CommandError, "A project name is an identifier: letters, digits and _."),
+    "cli.no_docs": (CommandError, "`sqlinfer docs serve` serves target/docs/index.html: run `sqlinfer docs "
+                    "generate` first."),
     "cli.exists": (CommandError, "`sqlinfer init` writes into a new or empty folder: choose another --dir."),
     "cli.usage": (CommandError, "The command line cannot be parsed (an unknown option, a missing argument, a bad "
                   "value): `sqlinfer COMMAND --help` lists what the command takes. Exits with status 2."),

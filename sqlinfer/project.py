@@ -200,6 +200,14 @@ class Project:
         """Run the data tests of the selected nodes against their tables (dbt's ``test``)."""
         return self._runner(spark, report).test(select, exclude)
 
+    def docs(self, spark: SparkSession) -> Path:
+        """Write the project's docs page, ``target/docs/index.html`` (sqlinfer.build.docs)."""
+        from sqlinfer.build.docs import catalog, write_site
+
+        if not self.stats:
+            self.register(spark, views=False, sources=())
+        return write_site(catalog(self, spark), self.target / "docs")
+
     def seed(self, spark: SparkSession, report: Callable[[str], None] = lambda _line: None) -> RunResult:
         """Load every seed (a CSV file of the seeds folder) into its table (dbt's ``seed``)."""
         return self._runner(spark, report).build(tuple(self.nodes().seeds))

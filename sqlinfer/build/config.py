@@ -62,6 +62,7 @@ class Source(Strict):
     columns: dict[str, str] = Field(default_factory=dict, description="extra columns: name -> SQL expression")
     # A file source that matches no file is a warning; with `required: true`, an error.
     required: bool = False
+    description: str | None = None  # shown by `sqlinfer docs`
 
     @model_validator(mode="after")
     def _one_kind(self) -> Source:

@@ -71,6 +71,7 @@ class ModelDecl(Strict):
     """One entry of `models.yml`."""
 
     name: str
+    description: str | None = None  # shown by `sqlinfer docs`; no part of the model
     flavor: str = Field(description="a module of sqlinfer.models.flavors: torchvision, torchscript, python, onnx, "
                                     "transformers, mlflow")
     architecture: str | None = None

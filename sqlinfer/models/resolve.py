@@ -105,7 +105,7 @@ def fingerprint(item: Located, pp: Preprocess | None, labels: tuple[str, ...] | 
     """sha256 of what decides a model's predictions: a table built with another one is stale."""
     # batch_size and device change how fast a model runs, not what it predicts; where the files
     # may be, or whether their loading may run code, is no part of the model either (their contents are).
-    ignored = {"batch_size", "device", "allow_outside_project", "trust_code"}
+    ignored = {"batch_size", "device", "allow_outside_project", "trust_code", "description"}
     if item.decl.uri is None:
         ignored.add("uri")  # keys added later leave the fingerprints of models without them as they were
     description = {

@@ -36,7 +36,7 @@ def test_the_digits_schema_becomes_one_query_per_test(digits_models: Path) -> No
     (("  - name: digit_predictions_incremental", "  - name: digit_predictions_incrementl"),
      "`digit_predictions_incrementl` is no node or seed of the project (did you mean "
      "'digit_predictions_incremental'?)"),
-    (("      - name: path\n        tests: [not_null, unique]", "      - name: path\n        tests: [expression]"),
+    (("        tests: [not_null, unique]", "        tests: [expression]"),
      "test expression needs expression"),
 ])
 def test_a_bad_declaration_is_an_error_at_its_line(digits_models: Path, change: tuple[str, str], message: str) -> None:

@@ -118,7 +118,7 @@ def test_field_path_names_items_by_name_or_position(data: LineDict, loc: tuple, 
 
 def test_keys_at_a_location_are_the_keys_written_in_yaml() -> None:
     keys = keys_at(ModelsFile, ("models", 0))  # through tuple[ModelDecl, ...]
-    assert keys[:5] == ["name", "flavor", "architecture", "class", "kwargs"]  # `class_path` is written `class`
+    assert keys[:5] == ["name", "description", "flavor", "architecture", "class"]  # `class_path` is written `class`
     assert keys == [field.alias or name for name, field in ModelDecl.model_fields.items()]
     assert "class_path" not in keys
 
