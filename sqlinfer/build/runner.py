@@ -116,6 +116,12 @@ def _located(exc: BaseException, node: Node, functions: Iterable[str]) -> Sqlinf
 SAMPLE_ROWS = 3  # failing rows a failed test shows
 
 
+def _singular(tests: list[DataTest], chosen: set[str]) -> list[DataTest]:
+    """The singular tests that concern the chosen nodes: those reading one of them, and those
+    reading no node (sources only)."""
+    return [t for t in tests if t.node is None and (not t.refs or t.refs & chosen)]
+
+
 def _test_line(result: TestResult) -> str:
     label = {"pass": "PASS", "fail": "FAIL", "warn": "WARN", "error": "ERROR"}[result.status]
     where = f"{result.path}:{result.line}" if result.line else result.path
@@ -239,10 +245,9 @@ class Runner:
             if result.status == "success":
                 self._test_node(node.name, result, tests)
         self._orphans(set(manifest.nodes), prune)
-        built = {name for name, r in results.items() if r.status == "success"}
         # A singular test runs once every node it reads was built in this run (or was not selected).
-        singular = [t for t in tests if t.node is None and t.refs <= built | (set(manifest.nodes) - chosen)
-                    and t.refs & chosen]
+        ready = {name for name, r in results.items() if r.status == "success"} | (set(manifest.nodes) - chosen)
+        singular = [t for t in _singular(tests, chosen) if t.refs <= ready]
         run = RunResult(list(results.values()), time.perf_counter() - started, self.model_workers(),
                         self.run_tests(singular))
         run.write(self.target / "run_results.json")
@@ -263,7 +268,8 @@ class Runner:
         needed = chosen | {a for name in chosen for a in manifest.graph.ancestors(name)}
         self.compile(needed)
         self.materializer.views([n for n in manifest.order() if n.name in needed])
-        tests = [t for t in self.data_tests() if (t.node in chosen) or (t.node is None and t.refs & chosen)]
+        tests = self.data_tests()
+        tests = [t for t in tests if t.node in chosen] + _singular(tests, chosen)
         run = RunResult([], 0.0, tests=self.run_tests(tests))
         run.seconds = time.perf_counter() - started
         run.write(self.target / "run_results.json")
