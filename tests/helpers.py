@@ -88,6 +88,17 @@ def write_project(root: Path, models_yml: str, project_yml: str | None = None) -
     return root
 
 
+def own_nodes(root: Path) -> Path:
+    """Remove a copied example's SQL nodes and data tests (sql/, tests/): the test writes its own
+    nodes into the returned, empty sql/ folder."""
+    import shutil
+
+    for folder in ("sql", "tests"):
+        shutil.rmtree(root / folder, ignore_errors=True)
+    (root / "sql").mkdir()
+    return root / "sql"
+
+
 _databases = itertools.count()
 
 

@@ -56,12 +56,13 @@ class DataTest:
     path: Path  # where it is declared
     line: int | None
     allowed_sql: str | None = None
-    refs: frozenset[str] = field(default_factory=frozenset)  # nodes it reads (singular tests)
+    refs: frozenset[str] = field(default_factory=frozenset)  # other nodes it reads (relationships, singular)
 
 
 @dataclass
 class TestResult:
-    """What a test found; ``status``: pass, fail (error severity), warn, or error (it could not run)."""
+    """What a test found; ``status``: pass, fail (error severity), warn, error (it could not run), or
+    skip (another node it reads has no table yet)."""
 
     name: str
     node: str | None
@@ -184,7 +185,9 @@ def _test(kind: str, args: dict[str, Any], node: str, column: str | None, ctx: C
         raise where(f"test {kind} applies to a column: declare it under `columns:`")
     failing, allowed = _generic_sql(kind, args, node, column, ctx, where)
     name = f"{kind}({node}{'.' + column if column else ''})"
-    return DataTest(name, node, severity, failing, path, line, allowed)
+    found = _REF.match(str(args.get("to", "")))
+    refs = frozenset({found.group(1) if found else str(args["to"])}) if kind == "relationships" else frozenset()
+    return DataTest(name, node, severity, failing, path, line, allowed, refs)
 
 
 def load_declared(yaml_files: list[Path], ctx: Context) -> list[DataTest]:

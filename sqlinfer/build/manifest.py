@@ -132,7 +132,9 @@ class NodeLoader:
         """A singular test (a SQL file of the tests folder) rendered like a node, its ref() and
         source() checked against the project's nodes, seeds and sources."""
         manifest = self.load()
-        context = RenderContext(vars=self.vars, udfs=self.udfs, ref=manifest.ref, source=self.source_name)
+        # An unknown ref() renders a stand-in here; the check below reports it at its line.
+        context = RenderContext(vars=self.vars, udfs=self.udfs, source=self.source_name,
+                                ref=lambda name: manifest.ref(name) if name in manifest.nodes else f"`{name}`")
         rendered = Renderer(tests_dir, self.macros_dir).render(path, path.relative_to(tests_dir).as_posix(), context)
         for ref, line in rendered.refs.items():
             if ref not in manifest.nodes:

@@ -9,6 +9,7 @@ first, so a node with an error fails the build before any table is touched.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -82,7 +83,7 @@ class RunResult:
     @property
     def success(self) -> bool:
         return (all(n.status == "success" for n in self.nodes)
-                and all(t.status in ("pass", "warn") for t in self.tests))
+                and all(t.status not in ("fail", "error") for t in self.tests))
 
     def write(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -123,10 +124,12 @@ def _singular(tests: list[DataTest], chosen: set[str]) -> list[DataTest]:
 
 
 def _test_line(result: TestResult) -> str:
-    label = {"pass": "PASS", "fail": "FAIL", "warn": "WARN", "error": "ERROR"}[result.status]
+    label = {"pass": "PASS", "fail": "FAIL", "warn": "WARN", "error": "ERROR", "skip": "SKIP"}[result.status]
     where = f"{result.path}:{result.line}" if result.line else result.path
     if result.status == "pass":
         return f"  {label}  {result.name}"
+    if result.status == "skip":
+        return f"  {label}  {result.name} ({result.message})"
     if result.status == "error":
         return f"  {label} {result.name} ({where}): {result.message}"
     allowed = f" (at most {result.allowed:,} allowed)" if result.allowed else ""
@@ -191,8 +194,11 @@ class Runner:
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(node.sql)
         checked = set(manifest.nodes) if only is None else only
-        # Sources no checked node reads are not registered: a missing path there blocks nothing.
-        self.register_sources({s for name in checked for s in manifest.nodes[name].rendered.sources})
+        # Sources no checked node reads are not registered: a missing path there blocks nothing. A
+        # source is a temporary view under its own name, which SQL may name without source().
+        self.register_sources({s for name in checked for s in manifest.nodes[name].rendered.sources}
+                              | {s for s in self.loader.sources for name in checked
+                                 if re.search(rf"\b{re.escape(s)}\b", manifest.nodes[name].sql)})
         checking = self.loader.load_with({name: f"`{COMPILE_PREFIX}{name}`" for name in manifest.nodes})
         try:
             for node in checking.order():
@@ -243,13 +249,13 @@ class Runner:
             self._run_node(node, result, manifest, full_refresh)
             self.report(f"{prefix} {self._summary(result)}")
             if result.status == "success":
-                self._test_node(node.name, result, tests)
+                self._test_node(node.name, result, tests, manifest)
         self._orphans(set(manifest.nodes), prune)
         # A singular test runs once every node it reads was built in this run (or was not selected).
         ready = {name for name, r in results.items() if r.status == "success"} | (set(manifest.nodes) - chosen)
         singular = [t for t in _singular(tests, chosen) if t.refs <= ready]
         run = RunResult(list(results.values()), time.perf_counter() - started, self.model_workers(),
-                        self.run_tests(singular))
+                        self.run_tests(singular, manifest))
         run.write(self.target / "run_results.json")
         write_manifest(self.target, states)
         ok = sum(1 for r in run.nodes if r.status == "success")
@@ -270,20 +276,27 @@ class Runner:
         self.materializer.views([n for n in manifest.order() if n.name in needed])
         tests = self.data_tests()
         tests = [t for t in tests if t.node in chosen] + _singular(tests, chosen)
-        run = RunResult([], 0.0, tests=self.run_tests(tests))
+        run = RunResult([], 0.0, tests=self.run_tests(tests, manifest))
         run.seconds = time.perf_counter() - started
         run.write(self.target / "run_results.json")
-        failed = sum(1 for t in run.tests if t.status in ("fail", "error"))
-        warned = sum(1 for t in run.tests if t.status == "warn")
-        self.report(f"Done in {run.seconds:.1f}s: {len(run.tests) - failed - warned} passed, {failed} failed, "
-                    f"{warned} warned.")
+        counts = {status: sum(1 for t in run.tests if t.status == status) for status in ("pass", "warn", "skip")}
+        failed = len(run.tests) - sum(counts.values())
+        self.report(f"Done in {run.seconds:.1f}s: {counts['pass']} passed, {failed} failed, {counts['warn']} warned, "
+                    f"{counts['skip']} skipped.")
         return run
 
-    def run_tests(self, tests: list[DataTest]) -> list[TestResult]:
-        """Run each test, reporting a line per test (and a few failing rows of a failed one)."""
+    def run_tests(self, tests: list[DataTest], manifest: Manifest) -> list[TestResult]:
+        """Run each test, reporting a line per test (and a few failing rows of a failed one). A test
+        that reads another node without a table yet (not built, not selected) is skipped."""
         results = []
         for test in tests:
             result = TestResult(test.name, test.node, test.severity, "pass", path=str(test.path), line=test.line)
+            missing = sorted(name for name in test.refs if not self._has_relation(manifest.nodes[name]))
+            if missing:
+                result.status, result.message = "skip", f"{', '.join(missing)} not built"
+                results.append(result)
+                self.report(_test_line(result))
+                continue
             try:
                 result.failures = int(self.spark.sql(f"SELECT count(*) FROM ({test.failing_sql})").first()[0])
                 if test.allowed_sql is not None:
@@ -299,10 +312,15 @@ class Runner:
             self.report(_test_line(result))
         return results
 
-    def _test_node(self, name: str, result: NodeResult, tests: list[DataTest]) -> None:
+    def _has_relation(self, node: Node) -> bool:
+        if node.config.materialized == "view":
+            return bool(self.spark.catalog.tableExists(node.name))  # a temporary view of this session
+        return self.materializer.exists(node.name)
+
+    def _test_node(self, name: str, result: NodeResult, tests: list[DataTest], manifest: Manifest) -> None:
         """Run a node's tests right after it; an error-severity failure fails the node, so its
         descendants are skipped (its table stays as built)."""
-        result.tests = self.run_tests([t for t in tests if t.node == name])
+        result.tests = self.run_tests([t for t in tests if t.node == name], manifest)
         failed = [t for t in result.tests if t.status in ("fail", "error")]
         if failed:
             result.status = "error"

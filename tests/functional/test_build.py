@@ -9,7 +9,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from helpers import own_database
+from helpers import own_database, own_nodes
 
 from sqlinfer import Project, SqlinferError
 
@@ -122,8 +122,7 @@ models:
 def test_model_change_rebuilds_only_nodes_that_use_it(spark, digits_copy: Path) -> None:
     database = own_database(digits_copy)
     (digits_copy / "models.yml").write_text(TWO_MODELS)
-    shutil.rmtree(digits_copy / "sql")
-    (digits_copy / "sql").mkdir()
+    own_nodes(digits_copy)
     for name, function in (("by_a", "digits_predict"), ("by_b", "digits_b_predict")):
         (digits_copy / "sql" / f"{name}.sql").write_text(
             "{{ config(materialized='incremental', unique_key='path') }}\n"
@@ -149,8 +148,7 @@ GOOD_NODE = ("{{ config(materialized='table') }}\nSELECT path, label FROM {{ sou
 @pytest.fixture()
 def built_small(spark, digits_copy: Path) -> tuple[Path, str]:
     database = own_database(digits_copy)
-    shutil.rmtree(digits_copy / "sql")
-    (digits_copy / "sql").mkdir()
+    own_nodes(digits_copy)
     (digits_copy / "sql" / "base.sql").write_text(GOOD_NODE)
     (digits_copy / "sql" / "scored.sql").write_text(
         "{{ config(materialized='table') }}\nSELECT path, digits_predict(content).index AS pred\n"

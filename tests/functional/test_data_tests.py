@@ -110,3 +110,16 @@ def test_probabilities_sum_to_one_and_a_warning_severity(spark, digits_copy: Pat
         "probabilities_sum_to_one(probs.p)": ("fail", 1),  # 1.1
         "probabilities_sum_to_one(probs.q)": ("warn", 1)}  # 1.3 is beyond 0.2; 1.0 is not
     assert not result.success
+
+
+def test_a_test_reading_a_node_without_a_table_is_skipped(spark, digits_copy: Path) -> None:
+    own_database(digits_copy)
+    lines: list[str] = []
+    result = Project.load(digits_copy).build(spark, select=("digit_predictions_incremental",), report=lines.append)
+    (node,) = result.nodes
+    assert result.success and node.status == "success"
+    assert {t.name: (t.status, t.message) for t in node.tests} == {
+        "unique(digit_predictions_incremental.path)": ("pass", ""),
+        "relationships(digit_predictions_incremental.path)": ("skip", "digit_predictions not built")}
+    assert "  SKIP  relationships(digit_predictions_incremental.path) (digit_predictions not built)" in lines
+    assert result.tests == []  # every_image_scored reads digit_predictions, which this build did not select

@@ -5,13 +5,12 @@ a version's exported graph (flavor mlflow without a class) runs on the workers."
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from helpers import log_digits_to_mlflow, own_database
+from helpers import log_digits_to_mlflow, own_database, own_nodes
 from PIL import Image
 
 from sqlinfer import Project
@@ -54,8 +53,7 @@ def test_moving_the_alias_rebuilds_exactly_the_table_that_follows_it(spark, digi
     models = (digits_copy / "models.yml").read_text()
     (digits_copy / "models.yml").write_text(models.replace("    weights: weights/digits_cnn.safetensors", switch)
                                             + PINNED)
-    shutil.rmtree(digits_copy / "sql")
-    (digits_copy / "sql").mkdir()
+    own_nodes(digits_copy)
     for name, function in (("by_champion", "digits_predict"), ("by_pinned", "pinned_predict")):
         (digits_copy / "sql" / f"{name}.sql").write_text(
             "{{ config(materialized='incremental', unique_key='path') }}\n"

@@ -5,12 +5,11 @@ model function, `sqlinfer debug`, and the incremental node of `sqlinfer init`'s 
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import SQLINFER, own_database, png_bytes
+from helpers import SQLINFER, own_database, own_nodes, png_bytes
 
 from sqlinfer import Project, SqlinferError
 
@@ -60,8 +59,7 @@ def test_a_glob_that_matches_nothing_warns_and_required_makes_it_an_error(spark,
     database = own_database(digits_copy)
     _add_source(digits_copy, '  photos:\n    format: binaryFile\n    path: data/images\n    glob: "*.jpg"\n'
                              "    recursive: true\n")
-    shutil.rmtree(digits_copy / "sql")
-    (digits_copy / "sql").mkdir()
+    own_nodes(digits_copy)
     (digits_copy / "sql" / "photo_predictions.sql").write_text(
         "{{ config(materialized='table') }}\n"
         "SELECT path, digits_predict(content) AS pred FROM {{ source('photos') }}\n")
@@ -86,8 +84,7 @@ def test_a_glob_that_matches_nothing_warns_and_required_makes_it_an_error(spark,
 def test_rows_scored_are_counted_per_model_function(spark, digits_copy: Path) -> None:
     own_database(digits_copy)
     (digits_copy / "models.yml").write_text(TWO_FUNCTIONS)
-    shutil.rmtree(digits_copy / "sql")
-    (digits_copy / "sql").mkdir()
+    own_nodes(digits_copy)
     (digits_copy / "sql" / "both.sql").write_text(
         "{{ config(materialized='table') }}\n"
         "SELECT path, digits_predict(content).label AS a, digits_b_predict_checked(content).result.label AS b\n"
@@ -104,8 +101,7 @@ def test_rows_scored_are_counted_per_model_function(spark, digits_copy: Path) ->
 
 def test_a_deleted_nodes_table_is_reported_and_pruned_on_request(spark, digits_copy: Path) -> None:
     database = own_database(digits_copy)
-    shutil.rmtree(digits_copy / "sql")
-    (digits_copy / "sql").mkdir()
+    own_nodes(digits_copy)
     for name in ("kept", "old_name"):
         (digits_copy / "sql" / f"{name}.sql").write_text(
             "{{ config(materialized='table') }}\nSELECT path FROM {{ source('digits_images') }} WHERE label = 0\n")

@@ -3,11 +3,10 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
-from helpers import own_database
+from helpers import own_database, own_nodes
 
 from sqlinfer import Project
 
@@ -32,8 +31,7 @@ def _project(root: Path, sql: str, mode: str | None = None) -> Project:
 @pytest.fixture()
 def built(spark, digits_copy: Path) -> tuple[Path, str]:
     database = own_database(digits_copy)
-    shutil.rmtree(digits_copy / "sql")
-    (digits_copy / "sql").mkdir()
+    own_nodes(digits_copy)
     (node,) = _project(digits_copy, FIRST).build(spark).nodes
     assert (node.status, node.rows) == ("success", 45), node.message
     return digits_copy, f"{database}.scores"
