@@ -91,8 +91,17 @@ class Context:
     labels: Mapping[str, tuple[str, ...] | None]  # model name -> its class names
 
 
-def _generic_sql(kind: str, args: Mapping[str, Any], node: str, column: str | None, ctx: Context, where: Callable[
-        [str], ConfigError]) -> tuple[str, str | None]:
+def _target(args: Mapping[str, Any]) -> str:
+    """The node a ``relationships`` test's ``to:`` names (``ref('node')``, as dbt writes it, or ``node``)."""
+    found = _REF.match(str(args["to"]))
+    return found.group(1) if found else str(args["to"])
+
+
+Complaint = Callable[[str], ConfigError]  # a message -> the error at the test's declaration
+
+
+def _generic_sql(kind: str, args: Mapping[str, Any], node: str, column: str | None, ctx: Context,
+                 where: Complaint) -> tuple[str, str | None]:
     """(failing rows, allowed count or None) for one generic test."""
     table = ctx.relation(node)
     col = _column(column) if column is not None else None
@@ -108,8 +117,7 @@ def _generic_sql(kind: str, args: Mapping[str, Any], node: str, column: str | No
         listed = ", ".join(map(literal, values))
         return f"SELECT * FROM {table} WHERE {col} IS NOT NULL AND {col} NOT IN ({listed})", None
     if kind == "relationships":
-        found = _REF.match(str(args["to"]))
-        other = found.group(1) if found else str(args["to"])
+        other = _target(args)
         if other not in ctx.nodes:
             raise where(f"relationships: to {args['to']!r} names no node or seed{closest(other, ctx.nodes)}")
         return (f"SELECT t.* FROM {table} AS t LEFT ANTI JOIN {ctx.relation(other)} AS o "
@@ -183,10 +191,12 @@ def _test(kind: str, args: dict[str, Any], node: str, column: str | None, ctx: C
         raise where(f"test {kind} takes no {', '.join(unknown)} (it takes {', '.join(required + optional) or 'none'})")
     if column is None and kind not in NODE_LEVEL:
         raise where(f"test {kind} applies to a column: declare it under `columns:`")
-    failing, allowed = _generic_sql(kind, args, node, column, ctx, where)
+    try:
+        failing, allowed = _generic_sql(kind, args, node, column, ctx, where)
+    except (TypeError, ValueError) as exc:  # e.g. `min: high`
+        raise where(f"test {kind}: a bad argument ({exc})") from None
     name = f"{kind}({node}{'.' + column if column else ''})"
-    found = _REF.match(str(args.get("to", "")))
-    refs = frozenset({found.group(1) if found else str(args["to"])}) if kind == "relationships" else frozenset()
+    refs = frozenset({_target(args)}) if kind == "relationships" else frozenset()
     return DataTest(name, node, severity, failing, path, line, allowed, refs)
 
 
