@@ -211,7 +211,7 @@ def models(project: Path) -> None:
 @user_errors
 def sql(project: Path, query: str, limit: int, output: Path | None, safe: bool, variables: str | None,
         master: str | None, conf: tuple[str, ...]) -> None:
-    """Run QUERY with the project's model functions, sources and view nodes registered."""
+    """Run QUERY with the project's model functions, and the sources and view nodes it names, registered."""
     from sqlinfer.project import Project
     from sqlinfer.runtime.export import write_single_file
     from sqlinfer.runtime.spark_errors import jvm_ended, translate
@@ -222,7 +222,7 @@ def sql(project: Path, query: str, limit: int, output: Path | None, safe: bool, 
     if safe:
         spark_conf = guard_conf({**loaded.config.spark, **spark_conf}, allowed(loaded))
     spark = loaded.start(master, spark_conf)
-    loaded.register(spark)
+    loaded.register_for_query(spark, query)
     if safe:
         protect(spark, loaded)
     for warning in loaded.warnings:

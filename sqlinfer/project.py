@@ -147,6 +147,35 @@ class Project:
             self.create_views(spark)
         return self.stats
 
+    def register_for_query(self, spark: SparkSession, query: str) -> dict[str, UdfStats]:
+        """What one query needs (`sqlinfer sql`): every model function, and only the sources and view
+        nodes the query names, with the views and sources those views read (a SHOW or DESCRIBE
+        statement gets all of them). Listing a source's
+        files takes a second or more, so a query that names none starts sooner; and a source that
+        cannot be read blocks only the queries that read it."""
+        from sqlinfer.build.manifest import identifiers
+        from sqlinfer.build.materialize import Materializer
+
+        if query.split(None, 1)[:1] and query.split(None, 1)[0].upper() in ("SHOW", "DESCRIBE", "DESC"):
+            return self.register(spark)  # listing what the project offers: all of it
+        named = identifiers(query)
+        try:
+            manifest = self.nodes().load()
+        except SqlinferError as exc:
+            self.warnings.append(f"view nodes not created: {exc}")
+            return self.register(spark, views=False, sources=named & set(self.config.sources))
+        def is_view(name: str) -> bool:
+            return manifest.nodes[name].config.materialized == "view"
+
+        views = {name for name in named & set(manifest.nodes) if is_view(name)}
+        views |= {a for name in views for a in manifest.graph.ancestors(name) if is_view(a)}
+        for name in views:
+            named |= {*manifest.nodes[name].rendered.sources, *identifiers(manifest.nodes[name].sql)}
+        stats = self.register(spark, views=False, sources=named & set(self.config.sources))
+        self.warnings.extend(Materializer(spark, self.config.database).views(
+            [node for node in manifest.order() if node.name in views]))
+        return stats
+
     def register_sources(self, spark: SparkSession, names: Iterable[str]) -> None:
         """The named sources as temporary views; a glob that matches no file is a warning (an
         error for a source declared `required: true`)."""

@@ -8,6 +8,7 @@ renders each node once per purpose (the manifest, the compile check, an incremen
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,12 @@ class Manifest:
     def order(self, select: Iterable[str] = (), exclude: Iterable[str] = (),
               modified: set[str] | None = None) -> list[Node]:
         return [self.nodes[name] for name in self.graph.select(select, exclude, modified)]
+
+
+def identifiers(sql: str) -> set[str]:
+    """The words of a SQL text that could name a relation: a source or view may be named in SQL
+    without source() or ref(), since each is a temporary view under its own name."""
+    return set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", sql))
 
 
 def relation_name(database: str, node: str, config: NodeConfig) -> str:

@@ -9,7 +9,6 @@ first, so a node with an error fails the build before any table is touched.
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlinfer.build.data_tests import DataTest, TestResult
-from sqlinfer.build.manifest import Manifest, Node, NodeLoader
+from sqlinfer.build.manifest import Manifest, Node, NodeLoader, identifiers
 from sqlinfer.build.materialize import Materializer
 from sqlinfer.build.state import modified, node_states, read_manifest, write_manifest
 from sqlinfer.errors import BuildError, SqlinferError
@@ -196,9 +195,9 @@ class Runner:
         checked = set(manifest.nodes) if only is None else only
         # Sources no checked node reads are not registered: a missing path there blocks nothing. A
         # source is a temporary view under its own name, which SQL may name without source().
-        self.register_sources({s for name in checked for s in manifest.nodes[name].rendered.sources}
-                              | {s for s in self.loader.sources for name in checked
-                                 if re.search(rf"\b{re.escape(s)}\b", manifest.nodes[name].sql)})
+        self.register_sources({s for name in checked
+                               for s in {*manifest.nodes[name].rendered.sources, *identifiers(manifest.nodes[name].sql)}
+                               if s in self.loader.sources})
         checking = self.loader.load_with({name: f"`{COMPILE_PREFIX}{name}`" for name in manifest.nodes})
         try:
             for node in checking.order():

@@ -175,3 +175,28 @@ def test_the_init_template_scores_each_image_once(spark, tmp_path: Path) -> None
     third = {n.name: n for n in Project.load(root).build(spark).nodes}
     assert (third["predictions"].action, third["predictions"].rows, third["predictions"].rows_scored) == (
         "appended", 1, 1)
+
+
+def test_sql_registers_only_what_the_query_names(spark, digits_copy: Path) -> None:
+    """`sqlinfer sql` lists the files of the sources its query reads (directly or through view
+    nodes) and no others: a source that cannot be read blocks only the queries that read it."""
+    own_database(digits_copy)
+    _add_source(digits_copy, "  scans:\n    format: binaryFile\n    path: data/not_there_yet\n")
+    (digits_copy / "sql" / "test_images.sql").write_text(
+        "{{ config(materialized='view') }}\nSELECT path FROM digits_images WHERE path LIKE '%/test/%'\n")
+    for view in ("digits_images", "scans", "test_images"):
+        spark.catalog.dropTempView(view)
+
+    Project.load(digits_copy).register_for_query(spark, "SELECT 1")
+    assert not any(spark.catalog.tableExists(view) for view in ("digits_images", "scans", "test_images"))
+
+    project = Project.load(digits_copy)
+    project.register_for_query(spark, "SELECT count(*) AS n FROM test_images")  # a view over a source
+    assert spark.sql("SELECT count(*) AS n FROM test_images").first().n == 450
+    assert not spark.catalog.tableExists("scans")
+
+    with pytest.raises(SqlinferError) as info:
+        Project.load(digits_copy).register_for_query(spark, "SELECT * FROM scans")
+    assert info.value.code == "source.unreadable"
+    with pytest.raises(SqlinferError):  # SHOW TABLES lists everything the project offers, so reads every source
+        Project.load(digits_copy).register_for_query(spark, "SHOW TABLES")
