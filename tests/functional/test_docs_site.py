@@ -20,7 +20,7 @@ from sqlinfer import Project
 pytestmark = pytest.mark.spark
 playwright = pytest.importorskip("playwright.sync_api")  # the test extra installs it
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-if CHROMIUM is None:  # .ci/run installs it (apt-get install chromium)
+if CHROMIUM is None:  # an OS package, not a pip one: README, Run the tests
     pytest.skip("no Chromium on PATH: apt-get install chromium", allow_module_level=True)
 
 
