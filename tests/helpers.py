@@ -88,6 +88,14 @@ def write_project(root: Path, models_yml: str, project_yml: str | None = None) -
     return root
 
 
+def digits_declaration(name: str, weights: str = "weights/digits_cnn.safetensors", **keys: str) -> str:
+    """One more declaration of the digits example's CNN for its models.yml (block style, ``keys``
+    added as written), e.g. a second model with other weights or another output."""
+    extra = "".join(f"    {key}: {value}\n" for key, value in keys.items())
+    return (f"  - name: {name}\n    flavor: python\n    class: digits_net:DigitsCNN\n    weights: {weights}\n"
+            f"    preprocess: {{color_mode: L, resize: [8, 8], mean: [0.5], std: [0.5]}}\n{extra}")
+
+
 def own_nodes(root: Path) -> Path:
     """Remove a copied example's SQL nodes and data tests (sql/, tests/): the test writes its own
     nodes into the returned, empty sql/ folder."""

@@ -23,11 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlinfer.build.templating import Rendered, literal
+from sqlinfer.build.templating import SEVERITIES, Rendered, literal
 from sqlinfer.errors import ConfigError, closest
 from sqlinfer.yamlfile import IDENTIFIER, LineDict, LineList, load_yaml
 
-SEVERITIES = ("error", "warn")
 # Each generic test's arguments: required, then optional.
 ARGUMENTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "not_null": ((), ()),

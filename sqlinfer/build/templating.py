@@ -32,6 +32,7 @@ CONFIG_KEYS = ("materialized", "unique_key", "partition_by", "file_format", "max
                "on_schema_change", "severity")
 # dbt's names for what an incremental build does when its SELECT's columns change.
 SCHEMA_CHANGES = ("fail", "append_new_columns", "sync_all_columns")
+SEVERITIES = ("error", "warn")  # of a singular data test
 TABLE_FORMATS = ("parquet", "orc", "json", "csv", "delta", "iceberg")
 
 
@@ -138,21 +139,18 @@ class _Recorder:
             raise _RenderError(f"config(): unknown argument {unknown[0]!r} (known: {', '.join(CONFIG_KEYS)})",
                                  "sql.bad_config")
         cfg = self.rendered.config
-        if "materialized" in kwargs:
-            if kwargs["materialized"] not in MATERIALIZATIONS:
-                raise _RenderError(f"config(): materialized must be one of {', '.join(MATERIALIZATIONS)}",
-                                     "sql.bad_config")
-            cfg.materialized = kwargs["materialized"]
+        # Keys that take one of a few words: the same check and message for each.
+        for key, choices in (("materialized", MATERIALIZATIONS), ("file_format", TABLE_FORMATS),
+                             ("on_schema_change", SCHEMA_CHANGES), ("severity", SEVERITIES)):
+            if key in kwargs:
+                if kwargs[key] not in choices:
+                    raise _RenderError(f"config(): {key} must be one of {', '.join(choices)}", "sql.bad_config")
+                setattr(cfg, key, kwargs[key])
         if "unique_key" in kwargs:
             cfg.unique_key = str(kwargs["unique_key"])
         if "partition_by" in kwargs:
             value = kwargs["partition_by"]
             cfg.partition_by = (value,) if isinstance(value, str) else tuple(value)
-        if "file_format" in kwargs:
-            if kwargs["file_format"] not in TABLE_FORMATS:
-                raise _RenderError(f"config(): file_format must be one of {', '.join(TABLE_FORMATS)}",
-                                     "sql.bad_config")
-            cfg.file_format = kwargs["file_format"]
         if "max_bad_rows" in kwargs:
             value = kwargs["max_bad_rows"]
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -163,15 +161,6 @@ class _Recorder:
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
                 raise _RenderError("config(): max_bad_fraction must be a number from 0 to 1", "sql.bad_config")
             cfg.max_bad_fraction = float(value)
-        if "on_schema_change" in kwargs:
-            if kwargs["on_schema_change"] not in SCHEMA_CHANGES:
-                raise _RenderError(f"config(): on_schema_change must be one of {', '.join(SCHEMA_CHANGES)}",
-                                   "sql.bad_config")
-            cfg.on_schema_change = kwargs["on_schema_change"]
-        if "severity" in kwargs:
-            if kwargs["severity"] not in ("error", "warn"):
-                raise _RenderError("config(): severity must be error or warn", "sql.bad_config")
-            cfg.severity = kwargs["severity"]
         return ""
 
     def var(self, name: str, *default: Any) -> SqlLiteral:

@@ -228,15 +228,19 @@ def pytorch_module(item: Located, files: ModelFiles) -> torch.nn.Module:
     return module
 
 
-def state_dict_weights(item: Located, uri: str, root: Path) -> Weights:
-    """The weights of an ``mlflow.pytorch`` model as a safetensors state_dict, for a declared
-    ``class`` to load: the workers need neither MLflow nor the logged module's code."""
+def module_weights(module: torch.nn.Module, files: ModelFiles) -> Weights:
+    """A loaded module's state_dict as the safetensors blob a declared ``class`` loads: the workers
+    need neither MLflow nor the logged module's code."""
     from safetensors.torch import save
 
+    return Weights("safetensors", save(state_tensors(module.state_dict())), files.origin)
+
+
+def state_dict_weights(item: Located, uri: str, root: Path) -> Weights:
+    """The weights of the ``mlflow.pytorch`` model at ``uri`` (``weights: models:/...``)."""
     with fetched(item, uri, root) as files:
         if "pytorch" not in files.flavors:
             raise item.error(f"{uri} was not logged with mlflow.pytorch (its flavors: "
                              f"{', '.join(files.flavors) or 'none'}): only its weights could be used",
                              code="config.bad_weights", key=_key(item))
-        state = pytorch_module(item, files).state_dict()
-        return Weights("safetensors", save(state_tensors(state)), files.origin)
+        return module_weights(pytorch_module(item, files), files)

@@ -9,7 +9,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from helpers import own_database, own_nodes
+from helpers import digits_declaration, own_database, own_nodes
 
 from sqlinfer import Project, SqlinferError
 
@@ -103,20 +103,8 @@ def test_incremental_scores_only_new_rows(spark, digits_copy: Path) -> None:
     assert (node.action, node.rows, node.rows_scored) == ("full refresh", 1897, 1897)
 
 
-TWO_MODELS = """\
-models:
-  - name: digits
-    flavor: python
-    class: digits_net:DigitsCNN
-    weights: weights/digits_cnn.safetensors
-    preprocess: {color_mode: L, resize: [8, 8], mean: [0.5], std: [0.5]}
-  - name: digits_b
-    flavor: python
-    class: digits_net:DigitsCNN
-    weights: weights/digits_cnn.safetensors
-    preprocess: {color_mode: L, resize: [8, 8], mean: [0.5], std: [0.5]}
-    labels: [zero, one, two, three, four, five, six, seven, eight, nine]
-"""
+TWO_MODELS = "models:\n" + digits_declaration("digits") + digits_declaration(
+    "digits_b", labels="[zero, one, two, three, four, five, six, seven, eight, nine]")
 
 
 def test_model_change_rebuilds_only_nodes_that_use_it(spark, digits_copy: Path) -> None:

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import own_database
+from helpers import digits_declaration, own_database
 
 from sqlinfer import Project
 
@@ -72,14 +72,7 @@ def test_an_error_severity_failure_skips_the_descendants(spark, digits_copy: Pat
     assert result["digit_predictions_incremental"].status == "success"  # not downstream of it
 
 
-PROBABILITIES = """\
-  - name: digits_probabilities
-    flavor: python
-    class: digits_net:DigitsCNN
-    weights: weights/digits_cnn.safetensors
-    preprocess: {color_mode: L, resize: [8, 8], mean: [0.5], std: [0.5]}
-    output: probabilities
-"""
+PROBABILITIES = digits_declaration("digits_probabilities", output="probabilities")
 PROBABILITY_TESTS = """\
   - name: probs
     columns:

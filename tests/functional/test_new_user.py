@@ -9,25 +9,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import SQLINFER, own_database, own_nodes, png_bytes
+from helpers import SQLINFER, digits_declaration, own_database, own_nodes, png_bytes
 
 from sqlinfer import Project, SqlinferError
 
 pytestmark = pytest.mark.spark
 
-TWO_FUNCTIONS = """\
-models:
-  - name: digits
-    flavor: python
-    class: digits_net:DigitsCNN
-    weights: weights/digits_cnn.safetensors
-    preprocess: {color_mode: L, resize: [8, 8], mean: [0.5], std: [0.5]}
-  - name: digits_b
-    flavor: python
-    class: digits_net:DigitsCNN
-    weights: weights/digits_cnn.safetensors
-    preprocess: {color_mode: L, resize: [8, 8], mean: [0.5], std: [0.5]}
-"""
+TWO_FUNCTIONS = "models:\n" + digits_declaration("digits") + digits_declaration("digits_b")
 
 
 def _add_source(root: Path, text: str) -> None:

@@ -9,19 +9,13 @@ import shutil
 from pathlib import Path
 
 import pytest
-from helpers import own_database
+from helpers import digits_declaration, own_database
 
 from sqlinfer import Project, SqlinferError
 
 pytestmark = pytest.mark.spark
 
-SECOND_MODEL = """\
-  - name: digits_b
-    flavor: python
-    class: digits_net:DigitsCNN
-    weights: weights/digits_b.safetensors
-    preprocess: {color_mode: L, resize: [8, 8], mean: [0.5], std: [0.5]}
-"""
+SECOND_MODEL = digits_declaration("digits_b", weights="weights/digits_b.safetensors")
 
 
 def _keep_state(root: Path, folder: Path) -> Path:

@@ -57,7 +57,7 @@ class Mlflow(Flavor):
             raise ValueError("embedding_layer needs `class` (an MLflow graph's or pyfunc's output is its embedding)")
 
     def load_weights(self, item: Located, root: Path) -> Weights:
-        from sqlinfer.models.mlflow_registry import fetched, pytorch_module
+        from sqlinfer.models.mlflow_registry import fetched, module_weights, pytorch_module
 
         decl = item.decl
         assert decl.uri is not None
@@ -68,11 +68,7 @@ class Mlflow(Flavor):
             if "pytorch" in files.flavors:
                 module = pytorch_module(item, files)  # pickles refused unless trusted; pt2 checked by MLflow
                 if decl.class_path is not None:
-                    from safetensors.torch import save
-
-                    from sqlinfer.models.flavors.base import state_tensors
-
-                    return Weights("safetensors", save(state_tensors(module.state_dict())), files.origin)
+                    return module_weights(module, files)
                 exported = files.folder / files.flavors["pytorch"].get("model_data", "data") / "model.pt2"
                 if not exported.is_file():
                     raise item.error(f"{decl.uri} was logged in pickle format: declare its `class` (importable "
