@@ -129,7 +129,9 @@ def _generic_sql(kind: str, args: Mapping[str, Any], node: str, column: str | No
                 f"abs(aggregate({col}, CAST(0 AS DOUBLE), (acc, x) -> acc + x) - 1) > {tolerance!r}"), None
     if kind == "label_in_vocabulary":
         called = ctx.node_models.get(node, ())
-        model = args.get("model") or (called[0] if len(called) == 1 else None)
+        # Without `model:` the vocabulary is that of the one called model that declares labels.
+        labelled = [name for name in called if ctx.labels.get(name)]
+        model = args.get("model") or (labelled[0] if len(labelled) == 1 else None)
         if model is None or model not in ctx.labels:
             raise where(f"label_in_vocabulary: give `model:` (the node calls {', '.join(called) or 'no model'})")
         labels = ctx.labels[model]

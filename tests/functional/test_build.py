@@ -51,7 +51,8 @@ def test_digits_builds_every_node_twice_identically(spark, digits_copy: Path) ->
     assert results["success"] is True
     table = node_result(project, "digit_predictions")
     assert table["status"] == "success" and table["rows"] == 1797 and table["rows_scored"] == 1797
-    assert table["models"] == {"digits_predict": project.resolve_models()[0].plan.fingerprint}
+    assert table["models"] == {m.plan.udf_name: m.plan.fingerprint for m in project.resolve_models()}
+    assert sorted(table["models"]) == ["digits_predict", "digits_probabilities"]
     # Where it ran: the local master's one executor, tasks none retried (docs/cluster.md has clusters).
     assert table["executors"] == ["driver"] and table["tasks"] >= 1 and table["tasks_retried"] == 0
     workers = results["model_workers"]["digits_predict"]

@@ -293,7 +293,8 @@ def test_a_worker_killed_mid_build_costs_a_retry_not_the_build(
     assert node["tasks_retried"] >= 1  # the victim's running tasks, run again on the other executor
     assert node["executors"] and set(node["executors"]) <= {"0", "1"}, node
     retried = f"{node['tasks_retried']} task{'s' * (node['tasks_retried'] != 1)} retried"
-    assert f"OK    table digit_predictions created, 450 rows, 450 scored, {retried} in " in stdout, stdout
+    assert (f"OK    table digit_predictions created, 450 rows, scored: digits_predict 450, digits_probabilities 450, "
+            f"{retried} in ") in stdout, stdout
 
 
 def test_executors_without_sqlinfer_get_the_documented_error(cluster: Cluster, tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import digits_declaration, own_database
+from helpers import own_database
 
 from sqlinfer import Project
 
@@ -17,7 +17,9 @@ pytestmark = pytest.mark.spark
 DIGITS_TESTS = ["expression(digit_predictions)", "not_null(digit_predictions.path)",
                 "unique(digit_predictions.path)", "label_in_vocabulary(digit_predictions.predicted)",
                 "accepted_values(digit_predictions.predicted)", "accuracy_at_least(digit_predictions.predicted_index)",
-                "max_null_fraction(digit_predictions.score)", "unique(digit_predictions_incremental.path)",
+                "max_null_fraction(digit_predictions.score)",
+                "probabilities_sum_to_one(digit_predictions.probabilities)",
+                "unique(digit_predictions_incremental.path)",
                 "relationships(digit_predictions_incremental.path)", "every_image_scored"]
 
 
@@ -31,14 +33,17 @@ def test_the_digits_tests_pass_then_fail_exactly_on_planted_rows(spark, digits_c
     assert all(t.status == "pass" for t in ran)
     assert "  PASS  unique(digit_predictions.path)" in lines
 
-    # A row without a path, and one whose label is no digit (and whose score is NULL).
+    # A row without a path (whose probabilities add up to 1.1), and one whose label is no digit (and
+    # whose score and probabilities are NULL: an unreadable image).
     spark.sql(f"INSERT INTO {database}.digit_predictions VALUES "
-              "(NULL, 'test', 3, '3', 3, CAST(0.9 AS FLOAT)), ('planted.png', 'test', 3, 'ten', 3, NULL)")
+              "(NULL, 'test', 3, '3', 3, CAST(0.9 AS FLOAT), array(0.2F, 0.9F)), "
+              "('planted.png', 'test', 3, 'ten', 3, NULL, NULL)")
     lines.clear()
     result = Project.load(digits_copy).test(spark, report=lines.append)
     failed = {t.name: t.failures for t in result.tests if t.status != "pass"}
     assert failed == {"not_null(digit_predictions.path)": 1, "label_in_vocabulary(digit_predictions.predicted)": 1,
-                      "accepted_values(digit_predictions.predicted)": 1, "expression(digit_predictions)": 1}
+                      "accepted_values(digit_predictions.predicted)": 1, "expression(digit_predictions)": 1,
+                      "probabilities_sum_to_one(digit_predictions.probabilities)": 1}
     assert not result.success
     vocabulary = next(t for t in result.tests if t.name.startswith("label_in_vocabulary"))
     assert vocabulary.sample[0]["path"] == "planted.png" and vocabulary.sample[0]["predicted"] == "ten"
@@ -72,7 +77,6 @@ def test_an_error_severity_failure_skips_the_descendants(spark, digits_copy: Pat
     assert result["digit_predictions_incremental"].status == "success"  # not downstream of it
 
 
-PROBABILITIES = digits_declaration("digits_probabilities", output="probabilities")
 PROBABILITY_TESTS = """\
   - name: probs
     columns:
@@ -86,10 +90,9 @@ PROBABILITY_TESTS = """\
 
 def test_probabilities_sum_to_one_and_a_warning_severity(spark, digits_copy: Path) -> None:
     database = own_database(digits_copy)
-    (digits_copy / "models.yml").write_text((digits_copy / "models.yml").read_text() + PROBABILITIES)
     (digits_copy / "sql" / "probs.sql").write_text(
-        "{{ config(materialized='table') }}\nSELECT path, digits_probabilities_predict(content) AS p,\n"
-        "  digits_probabilities_predict(content) AS q FROM {{ source('digits_images') }} WHERE split = 'test'\n")
+        "{{ config(materialized='table') }}\nSELECT path, digits_probabilities(content) AS p,\n"
+        "  digits_probabilities(content) AS q FROM {{ source('digits_images') }} WHERE split = 'test'\n")
     schema = digits_copy / "sql" / "schema.yml"
     schema.write_text(schema.read_text() + PROBABILITY_TESTS)
     (node,) = Project.load(digits_copy).build(spark, select=("probs",)).nodes

@@ -47,7 +47,7 @@ def test_moving_the_alias_rebuilds_exactly_the_table_that_follows_it(spark, digi
     _, trained = log_digits_to_mlflow(digits_copy, uri, alias="champion")
     _, retrained = log_digits_to_mlflow(digits_copy, uri, seed=5)
 
-    # The README's one-line switch, and a second model pinned to version 1.
+    # The README's switch (in both declarations of the network), and a model pinned to version 1.
     switch = "    weights: models:/digits@champion"
     assert f"```yaml\n{switch}\n```" in (digits_copy / "README.md").read_text()
     models = (digits_copy / "models.yml").read_text()

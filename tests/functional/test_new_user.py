@@ -127,7 +127,7 @@ def test_debug_reports_the_environment_the_project_and_a_held_metastore(spark, s
     assert all(status == "ok" for status, _ in checks.values())
     assert checks["java"][1].startswith(('openjdk version "17', 'openjdk version "21'))
     assert checks["pyspark"][1] == __import__("pyspark").__version__
-    assert checks["project"][1] == f"{digits_copy}: 1 model(s), 4 node(s), 1 source(s)"
+    assert checks["project"][1] == f"{digits_copy}: 2 model(s), 4 node(s), 1 source(s)"
 
     (digits_copy / "models.yml").write_text((digits_copy / "models.yml").read_text().replace(
         "weights: weights/digits_cnn.safetensors", "weights: weights/gone.safetensors"))

@@ -56,15 +56,18 @@ def test_help_imports_nothing_heavy(args: list[str]) -> None:
 def test_models_lists_functions_and_types(digits_models: Path) -> None:
     result = invoke("models", str(digits_models))
     assert result.exit_code == 0, result.output
-    header, _rule, line = result.stdout.splitlines()
+    header, _rule, label, probabilities = result.stdout.splitlines()
     assert [c.strip() for c in header.split("|")] == ["function", "flavor", "from", "input", "returns", "weights",
                                                       "fingerprint"]
-    cells = [c.strip() for c in line.split("|")]
-    assert cells[:5] == ["digits_predict", "python", "digits_net:DigitsCNN, weights/digits_cnn.safetensors",
-                         "image (binary)", "struct<label:string,index:int,score:float>"]
     size = (digits_models / "weights" / "digits_cnn.safetensors").stat().st_size
-    assert cells[5] == f"broadcast, {size / 1e6:,.1f} MB"
-    assert len(cells[6]) == 12
+    label_cells, probability_cells = ([c.strip() for c in line.split("|")] for line in (label, probabilities))
+    assert label_cells[:6] == ["digits_predict", "python", "digits_net:DigitsCNN, weights/digits_cnn.safetensors",
+                               "image (binary)", "struct<label:string,index:int,score:float>",
+                               f"broadcast, {size / 1e6:,.1f} MB"]
+    assert probability_cells[:5] == ["digits_probabilities", "python", label_cells[2], "image (binary)",
+                                     "array<float>"]
+    # Same network and weights, another output: another fingerprint.
+    assert len(label_cells[6]) == len(probability_cells[6]) == 12 and label_cells[6] != probability_cells[6]
 
 
 def test_models_says_which_weights_go_as_files(digits_models: Path) -> None:

@@ -13,7 +13,8 @@ from sqlinfer.errors import ConfigError
 
 def test_the_digits_schema_becomes_one_query_per_test(digits_models: Path) -> None:
     tests = {t.name: t for t in Project.load(digits_models).data_tests()}
-    assert len(tests) == 10
+    assert len(tests) == 11
+    # The node calls digits and digits_probabilities; the vocabulary is the one with labels.
     vocabulary = tests["label_in_vocabulary(digit_predictions.predicted)"]
     assert vocabulary.failing_sql == ("SELECT * FROM `default`.`digit_predictions` WHERE `predicted` IS NOT NULL AND "
                                       "`predicted` NOT IN ('0', '1', '2', '3', '4', '5', '6', '7', '8', '9')")
@@ -21,6 +22,8 @@ def test_the_digits_schema_becomes_one_query_per_test(digits_models: Path) -> No
     assert accuracy.allowed_sql == ("SELECT CAST(floor(0.050000000000000044 * count(*)) AS BIGINT) "
                                     "FROM `default`.`digit_predictions`")
     assert tests["max_null_fraction(digit_predictions.score)"].severity == "warn"
+    assert "abs(aggregate(`probabilities`, CAST(0 AS DOUBLE), (acc, x) -> acc + x) - 1) > 0.0001" in tests[
+        "probabilities_sum_to_one(digit_predictions.probabilities)"].failing_sql
     singular = tests["every_image_scored"]
     assert (singular.node, singular.refs, singular.severity) == (None, frozenset({"digit_predictions"}), "error")
     assert "LEFT ANTI JOIN `default`.`digit_predictions` AS p" in singular.failing_sql

@@ -31,7 +31,7 @@ def onnx_project(digits_models: Path) -> Path:
 
 
 def test_the_onnx_graph_gives_the_outputs_of_the_pytorch_declaration(onnx_project: Path) -> None:
-    torch_model, onnx_model = Project.load(onnx_project).resolve_models()
+    torch_model, _probabilities, onnx_model = Project.load(onnx_project).resolve_models()
     assert onnx_model.weights.format == "onnx"
     assert onnx_model.plan.num_outputs == 10 and onnx_model.plan.input_shape == (1, 8, 8)
     digits = sorted((Path(__file__).resolve().parents[2] / "projects" / "digits" / "data").rglob("*.png"))[:64]
@@ -48,7 +48,7 @@ def test_models_shows_the_graphs_input_and_output(onnx_project: Path) -> None:
 
     result = CliRunner().invoke(main, ["models", str(onnx_project)], prog_name="sqlinfer")
     assert result.exit_code == 0, result.output
-    cells = [c.strip() for c in result.stdout.splitlines()[3].split("|")]
+    cells = [c.strip() for c in result.stdout.splitlines()[-1].split("|")]
     assert cells[:3] == ["digits_onnx_predict", "onnx", "weights/digits_cnn.onnx: pixels[N, 1, 8, 8] -> logits[N, 10]"]
 
 
