@@ -30,12 +30,12 @@ class Setting:
     threads: int
     batch: int
     loader_workers: int = 0  # DataLoader num_workers (GPU runs decode in loader processes)
-    channels_last: bool = False
+    tuned: bool = False  # batch norms folded, channels-last (plain.tuned)
 
     @property
     def label(self) -> str:
         extra = f", {self.loader_workers} loader workers" if self.loader_workers else ""
-        extra += ", channels_last" if self.channels_last else ""
+        extra += ", BN folded, channels_last" if self.tuned else ""
         return f"{self.processes} proc x {self.threads} thr, batch {self.batch}{extra}"
 
 
@@ -57,7 +57,7 @@ def measure(setting: Setting, paths: list[Path], common: dict[str, Any], log: IO
     args = ["--list", str(listing), "--architecture", common["architecture"], "--weights", str(common["weights"]),
             "--size", str(common["size"]), "--device", common["device"], "--threads", str(setting.threads),
             "--batch", str(setting.batch), "--shards", str(setting.processes),
-            "--loader-workers", str(setting.loader_workers)] + (["--channels-last"] if setting.channels_last else [])
+            "--loader-workers", str(setting.loader_workers)] + (["--tuned"] if setting.tuned else [])
     procs = [protocol.start("reference", ["worker", *args, "--shard", str(i)], log, stdin=True)
              for i in range(setting.processes)]
     with RssSampler({p.pid: "reference" for p in procs}) as sampler:
@@ -117,17 +117,17 @@ def worker_main(opts: argparse.Namespace) -> None:
     blobs = [Path(p).read_bytes() for p in paths]
     device = "cuda" if opts.device == "cuda" else "cpu"
     model = plain.network(opts.architecture, plain.load_state(Path(opts.weights)), device)
-    if opts.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    if opts.tuned:
+        model = plain.tuned(model)
     # One warm-up batch: the first call of a network pays one-time costs a long job does not.
     _predict(model, _loader(plain.BytesDataset(blobs[:opts.batch], opts.size), opts.batch, 0, device),
-             device, opts.channels_last)
+             device, opts.tuned)
     loader = _loader(plain.BytesDataset(blobs, opts.size), opts.batch, opts.loader_workers, device)
     protocol.emit("ready")
     sys.stdin.readline()
     with GpuSampler(device) as gpu:
         started = time.perf_counter()
-        outputs = _predict(model, loader, device, opts.channels_last)
+        outputs = _predict(model, loader, device, opts.tuned)
         seconds = time.perf_counter() - started
     protocol.emit("done", rows=sum(len(o) for o in outputs), seconds=seconds, gpu_utilization=gpu.mean())
 
@@ -142,8 +142,10 @@ def _e2e_shard(job: tuple[list[str], argparse.Namespace]) -> Any:
     torch.set_num_threads(opts.threads)
     device = "cuda" if opts.device == "cuda" else "cpu"
     model = plain.network(opts.architecture, plain.load_state(Path(opts.weights)), device)
+    if opts.tuned:
+        model = plain.tuned(model)
     loader = _loader(plain.FileDataset([Path(p) for p in paths], opts.size), opts.batch, opts.loader_workers, device)
-    outputs = _predict(model, loader, device, False)
+    outputs = _predict(model, loader, device, opts.tuned)
     return np.concatenate(outputs) if outputs else np.zeros((0, 0), np.float32)
 
 
@@ -178,7 +180,7 @@ def end_to_end(setting: Setting, images: Path, common: dict[str, Any], log: IO[s
     args = ["e2e", "--images", str(images), "--out", str(out), "--architecture", common["architecture"],
             "--weights", str(common["weights"]), "--size", str(common["size"]), "--device", common["device"],
             "--threads", str(setting.threads), "--batch", str(setting.batch), "--shards", str(setting.processes),
-            "--loader-workers", str(setting.loader_workers)]
+            "--loader-workers", str(setting.loader_workers)] + (["--tuned"] if setting.tuned else [])
     started = time.perf_counter()
     proc = protocol.start("reference", args, log)
     with RssSampler({proc.pid: "reference"}) as sampler:
@@ -220,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shard", type=int, default=0)
     parser.add_argument("--shards", type=int, default=1)
     parser.add_argument("--loader-workers", type=int, default=0)
-    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--tuned", action="store_true", help="batch norms folded, channels-last (plain.tuned)")
     opts = parser.parse_args(argv)
     {"worker": worker_main, "e2e": e2e_main, "weights": weights_main}[opts.mode](opts)
 

@@ -170,8 +170,15 @@ project_argument = click.argument("project", type=click.Path(file_okay=False, pa
 
 @click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="sqlinfer")
-def main() -> None:
+@click.option("--timings", is_flag=True,
+              help="Print where the command's seconds went (imports, JVM, metastore, models, query, stop) at exit.")
+def main(timings: bool) -> None:
     """sqlinfer: deep-learning models as Spark SQL functions, and SQL projects that build prediction tables."""
+    from sqlinfer.runtime import timeline
+
+    timeline.mark("command line read")
+    if timings:
+        timeline.print_at_exit()
 
 
 @main.command()
@@ -213,7 +220,9 @@ def sql(project: Path, query: str, limit: int, output: Path | None, safe: bool, 
         master: str | None, conf: tuple[str, ...]) -> None:
     """Run QUERY with the project's model functions, and the sources and view nodes it names, registered."""
     from sqlinfer.project import Project
+    from sqlinfer.runtime import timeline
     from sqlinfer.runtime.export import write_single_file
+    from sqlinfer.runtime.settings import SHORT_COMMAND
     from sqlinfer.runtime.spark_errors import jvm_ended, translate
     from sqlinfer.serve.guard import allowed, guard_conf, protect, refusal
 
@@ -221,8 +230,10 @@ def sql(project: Path, query: str, limit: int, output: Path | None, safe: bool, 
     spark_conf = _conf_pairs(conf)
     if safe:
         spark_conf = guard_conf({**loaded.config.spark, **spark_conf}, allowed(loaded))
-    spark = loaded.start(master, spark_conf)
+    short = {} if loaded.calls_models(query) else SHORT_COMMAND
+    spark = loaded.start(master, spark_conf, defaults=short)
     loaded.register_for_query(spark, query)
+    timeline.mark("functions and sources registered")
     if safe:
         protect(spark, loaded)
     for warning in loaded.warnings:
@@ -234,6 +245,7 @@ def sql(project: Path, query: str, limit: int, output: Path | None, safe: bool, 
             click.echo(f"wrote {count} rows to {output}")
             return
         rows = frame.limit(limit + 1).collect()
+        timeline.mark("query answered")
     except Exception as exc:
         # Translated here, where the project's model functions are known: an unknown function
         # is then reported with the closest of them.
@@ -401,11 +413,14 @@ def seed(project: Path, master: str | None, conf: tuple[str, ...]) -> None:
 def compile_command(project: Path, variables: str | None, master: str | None, conf: tuple[str, ...]) -> None:
     """Render every node to target/compiled/ and check it with Spark's analyzer (no model runs)."""
     from sqlinfer.project import Project
+    from sqlinfer.runtime import timeline
+    from sqlinfer.runtime.settings import SHORT_COMMAND
 
     loaded = Project.load(project, parse_vars(variables))
     loaded.nodes().load()
-    spark = loaded.start(master, _conf_pairs(conf))
+    spark = loaded.start(master, _conf_pairs(conf), defaults=SHORT_COMMAND)
     manifest = loaded.compile(spark)
+    timeline.mark("nodes compiled and analyzed")
     click.echo(f"Compiled {len(manifest.nodes)} nodes to {loaded.target / 'compiled'}; all pass Spark's analyzer.")
 
 

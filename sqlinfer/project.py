@@ -23,6 +23,7 @@ from sqlinfer.build.config import PROJECT_FILE, ProjectConfig, load_project_file
 from sqlinfer.errors import SqlinferError
 from sqlinfer.models.declaration import Located, check_unique_names, load_models_file
 from sqlinfer.paths import inside
+from sqlinfer.runtime import timeline
 from sqlinfer.yamlfile import LineDict
 
 if TYPE_CHECKING:
@@ -102,13 +103,20 @@ class Project:
                 {m.decl.name: m.decl.udf_name for m in self.models}, self._inside(self.config.seeds, "seeds"))
         return self._nodes
 
-    def session(self, master: str | None = None, conf: dict[str, Any] | None = None) -> SparkSession:
-        """The project's SparkSession (the project file's `spark:` section, then ``conf``)."""
+    def spark_conf(self, conf: dict[str, Any] | None = None, defaults: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The settings a command asks of Spark: ``defaults`` (the command's), then the project
+        file's `spark:` section, then ``conf`` (--conf): the later win."""
+        return {**(defaults or {}), **self.config.spark, **(conf or {})}
+
+    def session(self, master: str | None = None, conf: dict[str, Any] | None = None, *,
+                defaults: dict[str, Any] | None = None) -> SparkSession:
+        """The project's SparkSession, with :meth:`spark_conf`'s settings."""
         from sqlinfer.runtime.session import build_session
 
-        return build_session(self.target, master, {**self.config.spark, **(conf or {})})
+        return build_session(self.target, master, self.spark_conf(conf, defaults))
 
-    def start(self, master: str | None = None, conf: dict[str, Any] | None = None) -> SparkSession:
+    def start(self, master: str | None = None, conf: dict[str, Any] | None = None, *,
+              defaults: dict[str, Any] | None = None) -> SparkSession:
         """Resolve the models and start the project's session at once: what the commands do first.
 
         Both take seconds, on different cores: the JVM starts (its own process) on a background
@@ -120,7 +128,7 @@ class Project:
 
         def start_session() -> None:
             try:
-                started["spark"] = self.session(master, conf)
+                started["spark"] = self.session(master, conf, defaults=defaults)
             except BaseException as exc:  # re-raised in the calling thread
                 started["error"] = exc
 
@@ -128,6 +136,7 @@ class Project:
         thread = threading.Thread(target=start_session, name="sqlinfer-start-session", daemon=True)
         thread.start()
         self.resolve_models()
+        timeline.mark("models resolved")
         thread.join()
         if "error" in started:
             raise started["error"]
@@ -164,17 +173,29 @@ class Project:
         except SqlinferError as exc:
             self.warnings.append(f"view nodes not created: {exc}")
             return self.register(spark, views=False, sources=named & set(self.config.sources))
-        def is_view(name: str) -> bool:
-            return manifest.nodes[name].config.materialized == "view"
-
-        views = {name for name in named & set(manifest.nodes) if is_view(name)}
-        views |= {a for name in views for a in manifest.graph.ancestors(name) if is_view(a)}
+        views = _views_read(manifest, named)
         for name in views:
             named |= {*manifest.nodes[name].rendered.sources, *identifiers(manifest.nodes[name].sql)}
         stats = self.register(spark, views=False, sources=named & set(self.config.sources))
         self.warnings.extend(Materializer(spark, self.config.database).views(
             [node for node in manifest.order() if node.name in views]))
         return stats
+
+    def calls_models(self, query: str) -> bool:
+        """Whether ``query`` may call a model function: by name, or through a view node it reads
+        (a SHOW or DESCRIBE statement, or a project whose nodes cannot be rendered: assume so)."""
+        from sqlinfer.build.manifest import identifiers
+        from sqlinfer.models.plan import checked_name
+
+        named = identifiers(query)
+        functions = {name.lower() for m in self.models for name in (m.decl.udf_name, checked_name(m.decl.udf_name))}
+        if {name.lower() for name in named} & functions:  # SQL function names ignore case
+            return True
+        try:
+            manifest = self.nodes().load()
+        except SqlinferError:
+            return True
+        return any(manifest.nodes[name].udfs for name in _views_read(manifest, named))
 
     def register_sources(self, spark: SparkSession, names: Iterable[str]) -> None:
         """The named sources as temporary views; a glob that matches no file is a warning (an
@@ -275,3 +296,13 @@ class Project:
         return {function: {counter: {str(pid): int(n) for pid, n in sorted(stats.per_process(counter).items())}
                            for counter in ("builds", "weights_reads")}
                 for function, stats in self.stats.items()}
+
+
+def _views_read(manifest: Manifest, named: set[str]) -> set[str]:
+    """The view nodes among ``named``, with the view nodes they read (a view's SQL runs in the
+    query that reads it)."""
+    def is_view(name: str) -> bool:
+        return manifest.nodes[name].config.materialized == "view"
+
+    views = {name for name in named & set(manifest.nodes) if is_view(name)}
+    return views | {a for name in views for a in manifest.graph.ancestors(name) if is_view(a)}

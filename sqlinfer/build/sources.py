@@ -53,9 +53,10 @@ def register_sources(spark: SparkSession, sources: Mapping[str, Source], root: P
 
 def _matches_nothing(frame: DataFrame) -> bool:
     """Whether a file source found no file: its file index is listed when the DataFrame is made,
-    so this runs no Spark job."""
+    so this runs no Spark job. Counted in the JVM: ``frame.inputFiles()`` would bring every path
+    to Python one py4j call at a time (0.3 s for the 1,797 digits files)."""
     try:
-        return not frame.inputFiles()
+        return len(frame._jdf.inputFiles()) == 0
     except Exception:  # a source kind without a file listing: nothing to say
         return False
 

@@ -17,6 +17,7 @@ read by each worker that builds the network, still once per worker process.
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from pyspark import Accumulator
     from pyspark.accumulators import AccumulatorParam
     from pyspark.sql import SparkSession
+    from pyspark.sql.types import DataType
 
 
 Counters = dict[str, float]
@@ -111,15 +113,63 @@ def register(spark: SparkSession, model: ResolvedModel, files: Path) -> UdfStats
     with warnings.catch_warnings():
         # PySpark prefers type hints to an explicit UDF type; both mean the same here.
         warnings.simplefilter("ignore", UserWarning)
-        spark.udf.register(plan.udf_name, arrow_udf(predict, plan.decl.return_type, ArrowUDFType.SCALAR_ITER))
-        spark.udf.register(plan.checked_udf_name,
-                           arrow_udf(predict_checked, plan.checked_return_type, ArrowUDFType.SCALAR_ITER))
+        for name, function, return_type in ((plan.udf_name, predict, plan.decl.return_type),
+                                            (plan.checked_udf_name, predict_checked, plan.checked_return_type)):
+            spark.udf.register(name, arrow_udf(function, data_type(return_type), ArrowUDFType.SCALAR_ITER))
     return UdfStats(accumulator)
 
 
+def data_type(ddl: str) -> DataType:
+    """A return type such as ``array<struct<label:string,index:int,score:float>>`` as PySpark's
+    DataType, parsed here: PySpark parses a type string in the JVM, whose parser is cold in a new
+    session (about 50 ms a function, a fifth of a short command's registration)."""
+    from pyspark.sql import types
+
+    simple = {"string": types.StringType(), "int": types.IntegerType(), "float": types.FloatType(),
+              "double": types.DoubleType(), "long": types.LongType(), "binary": types.BinaryType()}
+    tokens = re.findall(r"[A-Za-z_][A-Za-z0-9_]*|[<>:,]", ddl)
+    position = 0
+
+    def take(expected: str | None = None) -> str:
+        nonlocal position
+        token = tokens[position]
+        if expected is not None and token != expected:
+            raise ValueError(f"expected {expected!r} at {token!r} in {ddl!r}")
+        position += 1
+        return token
+
+    def parse() -> DataType:
+        name = take().lower()
+        if name == "array":
+            take("<")
+            element = parse()
+            take(">")
+            return types.ArrayType(element)
+        if name == "struct":
+            take("<")
+            fields = []
+            while True:
+                field = take()
+                take(":")
+                fields.append(types.StructField(field, parse()))
+                if take() == ">":
+                    return types.StructType(fields)
+        return simple[name]
+
+    parsed = parse()
+    if position != len(tokens):
+        raise ValueError(f"unexpected {tokens[position]!r} in {ddl!r}")
+    return parsed
+
+
 def _broadcast(sc: Any, weights: Weights, count: Callable[[Counters], None]) -> Callable[[], Weights]:
-    """The weights as a Spark broadcast; the loader runs in a worker when it builds the network."""
-    shared = sc.broadcast(weights)
+    """The weights as a Spark broadcast; the loader runs in a worker when it builds the network.
+    Models with the same weights (one network declared for two outputs) share one broadcast."""
+    shared_by_digest = sc.__dict__.setdefault("_sqlinfer_broadcasts", {})
+    key = (weights.format, weights.digest)
+    if key not in shared_by_digest:
+        shared_by_digest[key] = sc.broadcast(weights)
+    shared = shared_by_digest[key]
 
     def load() -> Weights:
         count({"weights_reads": 1})

@@ -131,9 +131,7 @@ def run_early(path: str) -> None:
     os.chdir(handed["cwd"])
     connection.sendall(f"{os.getpid()}\n".encode())
     connection.close()
-    from pyspark.daemon import manager
-
-    manager()
+    run_pyspark_daemon()
 
 
 def hand_over(path: str) -> bool:
@@ -183,8 +181,23 @@ def main() -> None:
         return
     if os.environ.get("SQLINFER_DAEMON_PRELOAD", "1") != "0":
         preload()
+    run_pyspark_daemon()
+
+
+def run_pyspark_daemon() -> None:
+    """PySpark's daemon loop, with every object imported so far frozen out of the garbage collector.
+
+    A reused worker runs ``gc.collect()`` after each task (pyspark/daemon.py), and a full
+    collection walks every tracked object: with torch and torchvision loaded that is about 150 ms
+    a task, most of what a task costs beyond its rows (bench/floor.py). Frozen objects are never
+    walked, and never written to by the collector, so their pages also stay shared with the
+    daemon after the fork (what ``gc.freeze`` is for).
+    """
+    import gc
+
     from pyspark.daemon import manager
 
+    gc.freeze()
     manager()
 
 

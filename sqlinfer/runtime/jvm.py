@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from sqlinfer.runtime import jvm_cache
+from sqlinfer.runtime import jvm_cache, timeline
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -169,11 +169,13 @@ def end_jvm(spark: SparkSession, *, first: Callable[[], None] | None = None, tim
                         step()
                 except Exception:  # stopped already, or the JVM is gone: go on to the next step
                     continue
+            timeline.mark("Spark stopped")
         if process is None:
             return None
         try:
             process.stdin.close()  # the JVM's signal to exit (PythonGatewayServer)
             code: int = process.wait(timeout=timeout_s)
+            timeline.mark("JVM exited")
             return code
         except Exception:  # hanging: it must not outlive us
             process.kill()

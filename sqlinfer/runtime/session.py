@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlinfer.errors import SessionError
-from sqlinfer.runtime import jvm_cache
+from sqlinfer.runtime import jvm_cache, timeline
 from sqlinfer.runtime.executors import check_executor_python, embedded_metastore_warning
 from sqlinfer.runtime.jvm import (
     end_jvm_at_exit,
@@ -43,6 +43,7 @@ def build_session(target: Path, master: str | None = None, conf: Mapping[str, An
 
     from sqlinfer.runtime.metastore import ensure_metastore_free
 
+    timeline.mark("PySpark imported")
     quiet_arrow_udf_hint()
     settings = session_conf(target, master or _spark_submit_master(), conf or {})
     ensure_metastore_free(settings)
@@ -69,7 +70,9 @@ def build_session(target: Path, master: str | None = None, conf: Mapping[str, An
     try:
         if new_jvm:
             _launch_jvm(settings, spark_log_path(target))
+            timeline.mark("JVM started")
         spark = builder.enableHiveSupport().getOrCreate()
+        timeline.mark("Spark session ready")
     except BaseException:
         archive.abandon()
         raise

@@ -26,6 +26,10 @@ FILE_OPEN_COST_BYTES = 64 * 1024
 # Start the Python workers and open the metastore in the background as soon as the session exists
 # (see warm_up_workers and warm_up_catalog).
 WARM_UP_WORKERS = "spark.sqlinfer.warmUpWorkers"
+# For a command that answers and exits (`sqlinfer compile`, a `sqlinfer sql` query that calls no
+# model): no web UI to start, and no Python workers warmed up to compete for the cores with the
+# query, then be killed at exit. A project's `spark:` section or --conf overrides them.
+SHORT_COMMAND = {"spark.ui.enabled": "false", WARM_UP_WORKERS: "false"}
 LOG_CONFIG = Path(__file__).parent.parent / "resources" / "log4j2.properties"
 # Where the JVM's stderr goes, under the project's target/: Spark's log lines (LOG_CONFIG writes
 # them to stderr), the Python workers' output (the JVM copies it to its stderr) and the Java

@@ -27,7 +27,8 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str, Path
 def test_every_contender_has_a_throughput(quick_run: tuple[dict, str, Path]) -> None:
     data, stdout, out = quick_run
     names = [line["name"] for line in data["lines"]]
-    for prefix in ("reference (", "sqlinfer cold", "sqlinfer warm", "naive recipe cold", "naive recipe warm",
+    for prefix in ("reference (", "reference + BN folded + channels_last", "sqlinfer cold", "sqlinfer warm",
+                   "naive recipe cold", "naive recipe warm",
                    "predict_batch_udf cold", "predict_batch_udf warm", "end to end: plain PyTorch script",
                    "end to end: sqlinfer"):
         assert any(name.startswith(prefix) for name in names), (prefix, names)
@@ -57,4 +58,33 @@ def test_builds_memory_and_breakdown_are_reported(quick_run: tuple[dict, str, Pa
     assert "first query (all of it)" in data["sqlinfer"]["cold_breakdown"]
     assert data["check"]["max_abs_diff"] < 1e-3  # sqlinfer and plain PyTorch predict the same
     verdicts = {target["name"]: target["met"] for target in data["targets"]}
-    assert "warm throughput vs plain PyTorch" in verdicts
+    assert {"warm throughput vs best plain PyTorch", "cold throughput vs best plain PyTorch"} <= set(verdicts)
+    # The limit is the faster of the reference and the reference with sqlinfer's tricks applied.
+    tuned = data["reference"]["tuned"]
+    assert tuned["setting"]["tuned"] is True and tuned["images_per_second"] > 0
+
+
+def test_the_floor_bench_reports_every_figure(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "bench/floor.py", "--rows", "300", "--file-rows", "100", "--tasks", "6",
+                           "--repeat", "1", "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, f"floor bench failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    data = json.loads((tmp_path / "floor.json").read_text())
+    for name in ("plain_memory", "plain_files", "parquet_png", "parquet_tensor", "files_png"):
+        assert data[name] > 0, name
+    assert set(data["task_ms"]) == {"jvm", "python_udf", "sqlinfer"} and min(data["task_ms"].values()) > 0
+    assert [t["name"].split(" (")[0] for t in data["targets"]] == [
+        "per-task overhead at 1 row per task", "digits-size rows from parquet, warm",
+        "digits-size rows from binaryFile files, warm"]
+    assert "targets:" in proc.stdout
+
+
+def test_the_latency_bench_times_each_command_with_its_timeline(tmp_path: Path, digits_copy: Path) -> None:
+    proc = subprocess.run([sys.executable, "bench/latency.py", "--runs", "1", "--project", str(digits_copy),
+                           "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"latency bench failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    data = json.loads((tmp_path / "latency.json").read_text())
+    assert set(data) == {"sql SELECT 1", "compile", "sql typo"}
+    for name, result in data.items():
+        assert 0 < result["median_s"] < 120, name
+        assert result["timeline"][-1].endswith("exit") and any("JVM started" in line for line in result["timeline"])

@@ -261,3 +261,34 @@ def test_workers_fork_from_the_early_daemon(spark) -> None:
     assert len(rows) >= 1
     for row in rows:
         assert "sqlinfer.runtime.daemon --early" in row and row.endswith("torch=True"), row
+
+
+@pytest.mark.parametrize("output", ["logits", "probabilities", "embedding", "label", "topk"])
+def test_return_types_parsed_in_python_equal_sparks_own_parse(spark, output: str) -> None:
+    """sqlinfer parses its return types without the JVM (udf.data_type); Spark's DDL parser must agree."""
+    from pyspark.sql.types import _parse_datatype_string
+
+    from sqlinfer.models.declaration import RETURN_TYPES
+    from sqlinfer.models.udf import data_type
+
+    ddl = RETURN_TYPES[output]
+    checked = f"struct<result: {ddl}, error: struct<kind: string, message: string>>"
+    for text in (ddl, checked):
+        assert data_type(text) == _parse_datatype_string(text)
+
+
+def test_two_declarations_of_one_network_share_one_broadcast(spark, digits_copy: Path) -> None:
+    """projects/digits declares its CNN twice (label, probabilities) with the same weights file."""
+    shared = spark.sparkContext.__dict__.setdefault("_sqlinfer_broadcasts", {})
+    before = set(shared)
+    project = Project.load(digits_copy)
+    project.register(spark)
+    label_model, probability_model = project.resolve_models()
+    key = ("safetensors", label_model.weights.digest)
+    assert probability_model.weights.digest == label_model.weights.digest and key in shared
+    assert set(shared) - before <= {key}  # at most this one broadcast is new (none if an earlier test made it)
+    rows = spark.sql("SELECT digits_predict(content).index AS predicted, digits_probabilities(content) AS p "
+                     "FROM digits_images WHERE split = 'test' LIMIT 40").collect()
+    assert len(rows) == 40
+    assert [int(np.argmax(row.p)) for row in rows] == [row.predicted for row in rows]
+    assert all(abs(sum(row.p) - 1) < 1e-4 for row in rows), rows[:3]
