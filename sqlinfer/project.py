@@ -183,7 +183,7 @@ class Project:
 
     def calls_models(self, query: str) -> bool:
         """Whether ``query`` may call a model function: by name, or through a view node it reads
-        (a SHOW or DESCRIBE statement, or a project whose nodes cannot be rendered: assume so)."""
+        (when the project's nodes cannot be rendered, assume so)."""
         from sqlinfer.build.manifest import identifiers
         from sqlinfer.models.plan import checked_name
 

@@ -43,6 +43,7 @@ def test_defaults(tmp_path: Path) -> None:
         "spark.sql.hive.thriftServer.singleSession": "true",
         "spark.ui.showConsoleProgress": "false",
         "spark.sql.files.openCostInBytes": "65536",
+        "spark.python.unix.domain.socket.enabled": "true",
         WARM_UP_WORKERS: "true",
     }
 
