@@ -167,6 +167,18 @@ NOT_RUN: dict[tuple[str, str], str] = {
         "the measured run: about an hour on the reference machine",
     ("docs/performance.md", "sqlinfer bench: resnet18 at 224px, 1000 JPEG images"):
         "the summary that run printed on the reference machine: other machines print other figures",
+    ("docs/performance.md", ".venv/bin/python bench/floor.py"):
+        "about 3 minutes on 2 cores; tests/functional/test_bench.py runs it on 300 rows",
+    ("docs/performance.md", "floor: 100,000 rows (parquet)"):
+        "the output of that run on the reference machine: other machines print other figures",
+    ("docs/performance.md", "bench/latency.py --project projects/digits"):
+        "16 fresh commands, about a minute; tests/functional/test_bench.py runs it with one run each",
+    ("docs/performance.md", "sql SELECT 1: median"):
+        "the output of that run on the reference machine: other machines print other figures",
+    ("docs/performance.md", "bench/run.py --repeat 3 --only reference,sqlinfer,pbu,e2e"):
+        "the measured run: 13 minutes on the reference machine",
+    ("docs/performance.md", "reference + BN folded + channels_last | 53.4"):
+        "the summary that run printed on the reference machine: other machines print other figures",
     ("docs/performance.md", "bench/run.py --device cuda"): "needs a CUDA GPU",
     ("docs/performance.md", "bench/worker_bench.py --device cuda"): "needs a CUDA GPU",
     ("docs/performance.md", "bash bench/gpu_box.sh"): "needs a CUDA GPU and nvidia-smi",
