@@ -185,17 +185,17 @@ class Project:
         """Whether ``query`` may call a model function: by name, or through a view node it reads
         (when the project's nodes cannot be rendered, assume so)."""
         from sqlinfer.build.manifest import identifiers
+        from sqlinfer.build.templating import called_functions
         from sqlinfer.models.plan import checked_name
 
-        named = identifiers(query)
-        functions = {name.lower() for m in self.models for name in (m.decl.udf_name, checked_name(m.decl.udf_name))}
-        if {name.lower() for name in named} & functions:  # SQL function names ignore case
+        functions = {name for m in self.models for name in (m.decl.udf_name, checked_name(m.decl.udf_name))}
+        if called_functions(query, functions):  # the same check as a node's model functions
             return True
         try:
             manifest = self.nodes().load()
         except SqlinferError:
             return True
-        return any(manifest.nodes[name].udfs for name in _views_read(manifest, named))
+        return any(manifest.nodes[name].udfs for name in _views_read(manifest, identifiers(query)))
 
     def register_sources(self, spark: SparkSession, names: Iterable[str]) -> None:
         """The named sources as temporary views; a glob that matches no file is a warning (an

@@ -69,7 +69,7 @@ def session_conf(target: Path, master: str | None, conf: Mapping[str, Any]) -> d
         "spark.sql.files.openCostInBytes": FILE_OPEN_COST_BYTES,
         # The JVM talks to its Python workers over Unix domain sockets (Spark 4.1+; TCP on
         # loopback otherwise): each task's short request-and-reply exchanges then wait on no TCP
-        # acknowledgement timer. One-row tasks: 38 ms of wall time each instead of 76 (bench/floor.py).
+        # acknowledgement timer. One-row tasks: about 9 ms each instead of 53 (bench/floor.py).
         "spark.python.unix.domain.socket.enabled": "true",
         WARM_UP_WORKERS: "true",
     }
