@@ -29,12 +29,10 @@ STARTED = time.time()
 def baseline_session(target: Path, master: str | None) -> Any:
     """A SparkSession as a recipe's user builds it: same master, catalog and interpreter as
     sqlinfer's, none of sqlinfer's tuning of the workers (Arrow batch size, worker daemon). Files
-    are packed into tasks as sqlinfer packs them, a setting any user can copy."""
+    are packed into tasks as sqlinfer packs them (:func:`images_view`)."""
     import os
 
     from pyspark.sql import SparkSession
-
-    from sqlinfer.runtime.settings import FILE_OPEN_COST_BYTES
 
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # the workers' interpreter (the conf alone is not read)
@@ -46,7 +44,6 @@ def baseline_session(target: Path, master: str | None) -> Any:
                .config("spark.driver.extraJavaOptions", f"-Dderby.system.home={target}")
                .config("spark.pyspark.python", sys.executable)
                .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-               .config("spark.sql.files.openCostInBytes", str(FILE_OPEN_COST_BYTES))
                .config("spark.ui.showConsoleProgress", "false"))
     spark = builder.enableHiveSupport().getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
@@ -54,7 +51,11 @@ def baseline_session(target: Path, master: str | None) -> Any:
 
 
 def images_view(spark: Any, name: str, folder: Path) -> int:
-    frame = spark.read.format("binaryFile").option("pathGlobFilter", "*.jpg").load(str(folder))
+    """The JPEGs of ``folder`` as a view, in tasks of equal numbers of files as sqlinfer makes them
+    for a binaryFile source: a coalesce any user can copy (every contender gets it)."""
+    from sqlinfer.build.sources import pack_files
+
+    frame = pack_files(spark, spark.read.format("binaryFile").option("pathGlobFilter", "*.jpg").load(str(folder)))
     frame.createOrReplaceTempView(name)
     return frame.rdd.getNumPartitions()
 

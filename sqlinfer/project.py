@@ -151,6 +151,7 @@ class Project:
 
         for model in self.resolve_models():
             self.stats[model.plan.udf_name] = register(spark, model, self.target / "weights")
+        timeline.mark("model functions registered")
         self.register_sources(spark, self.config.sources if sources is None else sources)
         if views:
             self.create_views(spark)
@@ -204,6 +205,8 @@ class Project:
 
         chosen = {name: source for name, source in self.config.sources.items() if name in set(names)}
         self.warnings.extend(register_sources(spark, chosen, self.root, self.project_file, self.raw))
+        if chosen:
+            timeline.mark(f"sources registered ({', '.join(chosen)})")
 
     def create_views(self, spark: SparkSession) -> None:
         """The view nodes as temporary views. A node that cannot be rendered, or a view over a

@@ -62,6 +62,8 @@ class Source(Strict):
     columns: dict[str, str] = Field(default_factory=dict, description="extra columns: name -> SQL expression")
     # A file source that matches no file is a warning; with `required: true`, an error.
     required: bool = False
+    files_per_task: int | None = Field(None, gt=0, description="binaryFile: files per Spark task "
+                                       "(default: 4 equal tasks per core, at most 1,024 files each)")
     description: str | None = None  # shown by `sqlinfer docs`
 
     @model_validator(mode="after")
@@ -72,6 +74,8 @@ class Source(Strict):
             raise ValueError(f"source with `path` needs `format` (one of {', '.join(SOURCE_FORMATS)})")
         if self.table is not None and (self.format or self.glob or self.recursive or self.options):
             raise ValueError("a `table` source takes no format, glob, recursive or options")
+        if self.files_per_task is not None and self.format != "binaryFile":
+            raise ValueError("`files_per_task` is for binaryFile sources (one row per file)")
         return self
 
 

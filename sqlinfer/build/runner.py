@@ -22,6 +22,7 @@ from sqlinfer.build.materialize import Materializer
 from sqlinfer.build.state import modified, node_states, read_manifest, write_manifest
 from sqlinfer.errors import BuildError, SqlinferError
 from sqlinfer.models.plan import checked_name
+from sqlinfer.runtime import timeline
 from sqlinfer.runtime.executors import task_summary
 from sqlinfer.runtime.spark_errors import first_line, sql_line, translate
 
@@ -227,6 +228,7 @@ class Runner:
         chosen = {n.name for n in selected}
         needed = {a for n in selected for a in manifest.graph.ancestors(n.name)} - chosen
         self.compile(chosen | needed)
+        timeline.mark("nodes compiled and analyzed")
         tests = self.data_tests()
         self.spark.sql(f"CREATE DATABASE IF NOT EXISTS `{self.database}`")
         # Views are session objects: unselected view ancestors of selected nodes are made too (a
@@ -245,7 +247,9 @@ class Runner:
                 self.report(f"{prefix} SKIP  {node.config.materialized} {node.name} ({result.message})")
                 continue
             self.report(f"{prefix} START {node.config.materialized} {node.name}")
+            timeline.mark(f"node {node.name} started")
             self._run_node(node, result, manifest, full_refresh)
+            timeline.mark(f"node {node.name} done")
             self.report(f"{prefix} {self._summary(result)}")
             if result.status == "success":
                 self._test_node(node.name, result, tests, manifest)
@@ -257,6 +261,7 @@ class Runner:
                         self.run_tests(singular, manifest))
         run.write(self.target / "run_results.json")
         write_manifest(self.target, states)
+        timeline.mark("run results written")
         ok = sum(1 for r in run.nodes if r.status == "success")
         errors = sum(1 for r in run.nodes if r.status == "error")
         skipped = sum(1 for r in run.nodes if r.status == "skipped")

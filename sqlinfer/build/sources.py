@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,6 +17,16 @@ from sqlinfer.yamlfile import LineDict
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, DataFrameReader, SparkSession
 
+# How a binaryFile source's files become tasks. Spark packs files by bytes, counting each file as
+# at least spark.sql.files.openCostInBytes (4 MB): small images make count-balanced pieces of at
+# most 32 files, which sqlinfer merges (a coalesce: no shuffle) into about TASKS_PER_CORE tasks per
+# core. A model's time goes by rows, not bytes: packing the files by bytes into one task per core
+# gave the bench's 1,000 JPEGs tasks of 424 and 576 rows, and one core idled for the last 5 s of
+# 21 (docs/performance.md). Several equal tasks per core keep every core busy to the end; the
+# caps keep a task's retry small on big sources.
+TASKS_PER_CORE = 4
+MAX_FILES_PER_TASK = 1024
+
 
 def register_sources(spark: SparkSession, sources: Mapping[str, Source], root: Path, project_file: Path,
                      raw: LineDict) -> list[str]:
@@ -29,19 +40,23 @@ def register_sources(spark: SparkSession, sources: Mapping[str, Source], root: P
     warnings: list[str] = []
     for name, source in sources.items():
         line = lines.line_of(name) if isinstance(lines, LineDict) else None
+        files: int | None = None  # a file source's file count, listed when its frame is made
         try:
             if source.table is not None:
                 frame = spark.table(source.table)
             else:
                 assert source.path is not None
                 frame = _reader(spark, source).load(_source_path(root, source.path, project_file, line))
+                files = _file_count(frame)
+                if files and source.format == "binaryFile":
+                    frame = pack_files(spark, frame, source.files_per_task, files)
             for column, expression in source.columns.items():
                 frame = frame.withColumn(column, F.expr(expression))
         except (AnalysisException, ParseException) as exc:
             raise BuildError(f"source {name!r} cannot be read: {first_line(str(exc))}",
                              code="source.unreadable", path=project_file, line=line) from None
         frame.createOrReplaceTempView(name)
-        if source.path is not None and _matches_nothing(frame):
+        if files == 0:
             where = f"{project_file}:{line}" if line else str(project_file)
             what = f"source {name!r} matches no file ({source.path}{', ' + source.glob if source.glob else ''})"
             if source.required:
@@ -51,14 +66,39 @@ def register_sources(spark: SparkSession, sources: Mapping[str, Source], root: P
     return warnings
 
 
-def _matches_nothing(frame: DataFrame) -> bool:
-    """Whether a file source found no file: its file index is listed when the DataFrame is made,
-    so this runs no Spark job. Counted in the JVM: ``frame.inputFiles()`` would bring every path
-    to Python one py4j call at a time (0.3 s for the 1,797 digits files)."""
+def _file_count(frame: DataFrame) -> int | None:
+    """How many files a file source found (listed when the frame is made: no Spark job); None for
+    a source kind without a file listing. Counted in the JVM: ``frame.inputFiles()`` would bring
+    every path to Python one py4j call at a time (0.3 s for the 1,797 digits files)."""
     try:
-        return len(frame._jdf.inputFiles()) == 0
-    except Exception:  # a source kind without a file listing: nothing to say
-        return False
+        return len(frame._jdf.inputFiles())
+    except Exception:
+        return None
+
+
+def pack_files(spark: SparkSession, frame: DataFrame, files_per_task: int | None = None,
+               files: int | None = None) -> DataFrame:
+    """A one-row-per-file frame (binaryFile) of ``files`` files (counted when not given) in tasks
+    of equal numbers of files: ``files_per_task`` each when given, else :func:`task_count`'s.
+    Spark's pieces are merged, never split: a task holds at least one piece (up to 32 small files
+    with Spark's 4 MB openCostInBytes; fewer when that is raised)."""
+    files = _file_count(frame) if files is None else files
+    if not files:
+        return frame
+    if files_per_task is not None:
+        tasks = math.ceil(files / files_per_task)
+    else:
+        total_bytes = int(frame._jdf.queryExecution().optimizedPlan().stats().sizeInBytes())
+        max_task_bytes = int(spark._jsparkSession.sessionState().conf().filesMaxPartitionBytes())
+        tasks = task_count(files, total_bytes, spark.sparkContext.defaultParallelism, max_task_bytes)
+    return frame.coalesce(tasks)
+
+
+def task_count(files: int, total_bytes: int, cores: int, max_task_bytes: int) -> int:
+    """Tasks for ``files`` files of ``total_bytes`` on ``cores`` cores: TASKS_PER_CORE per core,
+    more where a task would hold over MAX_FILES_PER_TASK files or spark.sql.files.maxPartitionBytes."""
+    return min(files, max(cores * TASKS_PER_CORE, math.ceil(files / MAX_FILES_PER_TASK),
+                          math.ceil(total_bytes / max_task_bytes)))
 
 
 def _reader(spark: SparkSession, source: Source) -> DataFrameReader:

@@ -17,12 +17,6 @@ from typing import Any
 DEFAULT_ARROW_BATCH = 16
 # PySpark's worker daemon with torch imported before it forks (sqlinfer/runtime/daemon.py).
 DAEMON_MODULE = "sqlinfer.runtime.daemon"
-# What Spark counts per file when it packs files into tasks (its default: 4 MB). A folder of small
-# images (binaryFile) otherwise becomes tasks of about 32 files, and each task costs a Python worker
-# its setup: the 1,797 digits PNGs made 57 tasks and scored at about 90 rows/s; at 64 KB they make
-# one task per core (at most spark.sql.files.maxPartitionBytes, 128 MB, each) and score at about
-# 250 rows/s (docs/performance.md). A project's `spark:` section or --conf overrides it.
-FILE_OPEN_COST_BYTES = 64 * 1024
 # Start the Python workers and open the metastore in the background as soon as the session exists
 # (see warm_up_workers and warm_up_catalog).
 WARM_UP_WORKERS = "spark.sqlinfer.warmUpWorkers"
@@ -66,7 +60,6 @@ def session_conf(target: Path, master: str | None, conf: Mapping[str, Any]) -> d
         # JDBC clients of `sqlinfer serve` see this session's UDFs only in single-session mode.
         "spark.sql.hive.thriftServer.singleSession": "true",
         "spark.ui.showConsoleProgress": "false",
-        "spark.sql.files.openCostInBytes": FILE_OPEN_COST_BYTES,
         # The JVM talks to its Python workers over Unix domain sockets (Spark 4.1+; TCP on
         # loopback otherwise): each task's short request-and-reply exchanges then wait on no TCP
         # acknowledgement timer. One-row tasks: about 9 ms each instead of 53 (bench/floor.py).

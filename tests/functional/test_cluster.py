@@ -185,11 +185,10 @@ def test_build_and_spark_submit_on_the_cluster_with_weights_as_files(
     master's predictions, its tasks run in the two executors, and each Python worker reads the
     weights file once and builds the network once."""
     project = project_copy(tmp_path, test_split_only=True)
-    # Spark's own packing of files into tasks (32 PNGs a task): more tasks than Python workers, so
-    # that "once per worker" differs from "once per task".
+    # A binaryFile source makes several tasks per core (sqlinfer.build.sources.pack_files): more
+    # tasks than Python workers, so that "once per worker" differs from "once per task".
     result = sqlinfer("build", str(project), "--master", cluster.url, *EXECUTOR_CONF,
-                      "--conf", "spark.sqlinfer.weightsBroadcastLimitMB=0.01",
-                      "--conf", "spark.sql.files.openCostInBytes=4194304")
+                      "--conf", "spark.sqlinfer.weightsBroadcastLimitMB=0.01")
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stderr == METASTORE_WARNING.format(master=cluster.url,
                                                      warehouse=project / "target" / "warehouse") + "\n"

@@ -42,7 +42,6 @@ def test_defaults(tmp_path: Path) -> None:
         "spark.python.daemon.module": DAEMON_MODULE,
         "spark.sql.hive.thriftServer.singleSession": "true",
         "spark.ui.showConsoleProgress": "false",
-        "spark.sql.files.openCostInBytes": "65536",
         "spark.python.unix.domain.socket.enabled": "true",
         WARM_UP_WORKERS: "true",
     }
