@@ -115,6 +115,18 @@ def summary(results: dict[str, Any]) -> str:
             roles = e2e[side].get("cpu_seconds_by_role") or {}
             by_role = ", ".join(f"{role} {cpu:.1f}" for role, cpu in sorted(roles.items()))
             out.append(f"  {e2e[side]['label']}: {by_role}")
+    jvm_lines = [(name, line) for name, line in (("sqlinfer warm query", _line(results, "sqlinfer warm")),
+                                                 ("sqlinfer build, end to end", (e2e or {}).get("sqlinfer")))
+                 if line and line.get("jvm_cpu_by_thread")]
+    if jvm_lines:
+        out.append("")
+        out.append("the JVM's CPU seconds by thread (tasks: file reads, Arrow both ways, parquet writes; driver: "
+                   "planning, metastore, registration):")
+        for name, line in jvm_lines:
+            kinds = line["jvm_cpu_by_thread"]
+            per_row = sum(kinds.values()) / line["rows"] * 1000
+            out.append(f"  {name}: " + ", ".join(f"{kind} {cpu:.1f}" for kind, cpu in sorted(kinds.items()))
+                       + f" ({per_row:.1f} ms per row)")
     check = results.get("check")
     if check:
         out.append("")

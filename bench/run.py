@@ -179,6 +179,7 @@ def line(name: str, query: dict[str, Any], peaks: PhasePeaks, builds: float | No
     return {"name": name, "images_per_second": query["images_per_second"], "seconds": query["seconds"],
             "rows": query["rows"], "builds": builds, "processes": len(peaks.pids("worker")),
             **peaks.summary(), "cpu_ms_per_image": peaks.tree_cpu / query["rows"] * 1000,
+            "jvm_cpu_by_thread": {kind: round(cpu, 2) for kind, cpu in peaks.jvm_cpu.items()},
             "worker_rss_mb": peaks.peak("worker") / MB, "driver_rss_mb": peaks.peak("driver") / MB}
 
 
@@ -331,7 +332,8 @@ def sqlinfer_e2e(opts: argparse.Namespace, ws: Workspace, log: IO[str]) -> dict[
             "cpu_ms_per_image": peaks.tree_cpu / opts.n * 1000,
             "driver_rss_mb": peaks.peak("driver") / MB, "processes": len(peaks.pids("worker")),
             "foreign_cpu": peaks.foreign_cpu, "command": command,
-            "cpu_seconds_by_role": {role: round(cpu, 2) for role, cpu in peaks.role_cpu.items()}}
+            "cpu_seconds_by_role": {role: round(cpu, 2) for role, cpu in peaks.role_cpu.items()},
+            "jvm_cpu_by_thread": {kind: round(cpu, 2) for kind, cpu in peaks.jvm_cpu.items()}}
 
 
 def run_e2e(opts: argparse.Namespace, ws: Workspace, results: dict[str, Any]) -> None:

@@ -64,6 +64,21 @@ def test_builds_memory_and_breakdown_are_reported(quick_run: tuple[dict, str, Pa
     assert tuned["setting"]["tuned"] is True and tuned["images_per_second"] > 0
 
 
+def test_the_jvms_cpu_is_split_by_thread(quick_run: tuple[dict, str, Path]) -> None:
+    """The JVM's CPU of the warm query and of the build, by kind of thread: Spark's task threads
+    ran the query, py4j's driver threads planned it (and in the build, opened the metastore)."""
+    data, stdout, _ = quick_run
+    warm = next(line for line in data["lines"] if line["name"] == "sqlinfer warm")
+    build = data["e2e"]["sqlinfer"]
+    for kinds in (warm["jvm_cpu_by_thread"], build["jvm_cpu_by_thread"]):
+        assert set(kinds) <= {"tasks", "driver", "compiler", "gc", "other"}, kinds
+        assert kinds["tasks"] > 0 and kinds["driver"] > 0, kinds
+    # Sampled per thread, the build's JVM CPU adds up to (almost) what the process sampler saw.
+    assert sum(build["jvm_cpu_by_thread"].values()) <= build["cpu_seconds_by_role"]["jvm"] + 0.1
+    assert sum(build["jvm_cpu_by_thread"].values()) >= 0.7 * build["cpu_seconds_by_role"]["jvm"]
+    assert "the JVM's CPU seconds by thread" in stdout and "sqlinfer build, end to end:" in stdout
+
+
 def test_the_floor_bench_reports_every_figure(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "bench/floor.py", "--rows", "300", "--file-rows", "100", "--tasks", "6",
                            "--repeat", "1", "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True,
