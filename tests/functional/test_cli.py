@@ -91,6 +91,7 @@ def test_timings_shows_where_a_short_commands_seconds_went(digits_copy: Path) ->
     assert moments.index("models resolved") < moments.index("functions and sources registered")
     assert [m for m in moments if m != "models resolved"] == [
         "command line read", "PySpark imported", "JVM started", "Spark session ready",
-        "model functions registered", "functions and sources registered", "query answered", "Spark stopped", "JVM exited", "exit"]
+        "model functions registered", "functions and sources registered", "query answered", "Spark stopped",
+        "JVM exited", "exit"]
     seconds = [float(line.split(" s ")[0]) for line in lines]
     assert seconds == sorted(seconds) and 0 < seconds[-1] < 120
