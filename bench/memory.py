@@ -13,6 +13,7 @@ Each phase also records how much CPU the whole machine spent outside the measure
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -111,8 +112,6 @@ def jvm_thread_kind(name: str) -> str:
 
 def _thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
     """tid -> (name, CPU seconds) of a process's threads; empty where /proc cannot tell."""
-    import os
-
     ticks = os.sysconf("SC_CLK_TCK")
     threads = {}
     try:
@@ -234,17 +233,6 @@ class RssSampler:
             if role in ("daemon", "worker", "child"):
                 total += rss
         peaks.python_total = max(peaks.python_total, total)
-        self._close_sample(peaks)
-
-    def _sample_jvm_threads(self, pid: int, peaks: PhasePeaks) -> None:
-        """The JVM's CPU since the last sample, by kind of thread (a thread that ended between two
-        samples loses its last interval)."""
-        for tid, (name, cpu) in _thread_cpu(pid).items():
-            kind = jvm_thread_kind(name)
-            peaks.jvm_cpu[kind] = peaks.jvm_cpu.get(kind, 0.0) + cpu - self._thread_cpu.get(tid, 0.0)
-            self._thread_cpu[tid] = cpu
-
-    def _close_sample(self, peaks: PhasePeaks) -> None:
         # The bench's own sampling is not someone else's load: count it with the tree.
         own = sum(self._self.cpu_times()[:2])
         peaks.tree_cpu += own - self._own
@@ -253,3 +241,11 @@ class RssSampler:
         peaks.wall += now - self._last[0]
         peaks.machine_cpu += busy - self._last[1]
         self._last = (now, busy)
+
+    def _sample_jvm_threads(self, pid: int, peaks: PhasePeaks) -> None:
+        """The JVM's CPU since the last sample, by kind of thread (a thread that ended between two
+        samples loses its last interval)."""
+        for tid, (name, cpu) in _thread_cpu(pid).items():
+            kind = jvm_thread_kind(name)
+            peaks.jvm_cpu[kind] = peaks.jvm_cpu.get(kind, 0.0) + cpu - self._thread_cpu.get(tid, 0.0)
+            self._thread_cpu[tid] = cpu
