@@ -282,10 +282,23 @@ class Project:
                 report(f"WARNING {warning}")
 
         return Runner(spark, self.nodes(), root=self.root, target=self.target, database=self.config.database,
-                      sources=register_sources, tests=self.data_tests,
+                      sources=register_sources, build_models=lambda functions: self._build_models(spark, functions),
+                      tests=self.data_tests,
                       fingerprints={name: m.plan.fingerprint for m in self.resolve_models()
                                     for name in (m.plan.udf_name, m.plan.checked_udf_name)},
                       model_rows=self._model_rows, model_workers=self._model_workers, report=report)
+
+    def _build_models(self, spark: SparkSession, functions: set[str]) -> threading.Thread | None:
+        """Build the networks behind ``functions`` (model function names, ``_checked`` ones too)
+        in the Python workers, on a background thread (sqlinfer.runtime.warm_up), returned."""
+        from sqlinfer.runtime.settings import WARM_UP_WORKERS
+        from sqlinfer.runtime.warm_up import build_models_in_workers
+
+        builders = [self.stats[m.plan.udf_name].builder for m in self.resolve_models()
+                    if {m.plan.udf_name, m.plan.checked_udf_name} & functions]
+        if not builders or spark.conf.get(WARM_UP_WORKERS, "true") != "true":
+            return None
+        return build_models_in_workers(spark, builders)
 
     def _model_rows(self) -> dict[str, Scored]:
         """Per model function: rows scored so far in this session, and the bad ones among them."""

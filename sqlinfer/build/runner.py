@@ -159,13 +159,16 @@ class Runner:
     ``fingerprints`` maps each model function to its model's fingerprint (recorded with the
     tables that call it); ``model_rows`` returns, per model function, how many rows it has scored
     so far and how many of those were bad input; ``model_workers`` the per-process counters of each
-    model function (builds and weights reads per Python worker).
+    model function (builds and weights reads per Python worker); ``sources`` registers the named
+    sources; ``build_models`` starts building the networks of the named model functions in the
+    Python workers ahead of the first query.
     """
 
     def __init__(self, spark: SparkSession, loader: NodeLoader, *, root: Path, target: Path, database: str,
                  fingerprints: Mapping[str, str], model_rows: Callable[[], dict[str, Scored]],
                  model_workers: Callable[[], dict[str, dict[str, dict[str, int]]]] = dict,
                  sources: Callable[[set[str]], None] = lambda _names: None,
+                 build_models: Callable[[set[str]], object] = lambda _functions: None,
                  tests: Callable[[], list[DataTest]] = list,
                  report: Report = lambda _line: None) -> None:
         self.spark = spark
@@ -177,6 +180,7 @@ class Runner:
         self.model_rows = model_rows
         self.model_workers = model_workers
         self.register_sources = sources
+        self.build_models = build_models
         self.data_tests = tests
         self.report = report
         self.materializer = Materializer(spark, database)
@@ -227,6 +231,8 @@ class Runner:
         selected = manifest.order(select, exclude, changed)
         chosen = {n.name for n in selected}
         needed = {a for n in selected for a in manifest.graph.ancestors(n.name)} - chosen
+        # The workers build the networks the nodes call while the driver compiles them.
+        self.build_models({f for name in chosen | needed for f in manifest.nodes[name].udfs})
         self.compile(chosen | needed)
         timeline.mark("nodes compiled and analyzed")
         tests = self.data_tests()

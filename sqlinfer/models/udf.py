@@ -63,9 +63,12 @@ def _counter_param() -> AccumulatorParam[Counters]:
 
 @dataclass
 class UdfStats:
-    """Counters of one registered model UDF, summed over every task that has finished."""
+    """Counters of one registered model UDF, summed over every task that has finished, and an
+    unnamed companion UDF that builds the network in the worker that runs it (``builder``: its
+    input passes through; :func:`sqlinfer.runtime.warm_up.build_models_in_workers`)."""
 
     accumulator: Accumulator[Counters]
+    builder: Any = None
 
     def totals(self) -> dict[str, float]:
         """Each counter summed over processes; timestamps (``*_at``) have no sum and are left out."""
@@ -86,7 +89,7 @@ def register(spark: SparkSession, model: ResolvedModel, files: Path) -> UdfStats
     as a file are written to ``files`` first (the driver serves them from there)."""
     from pyspark.sql.functions import ArrowUDFType, arrow_udf
 
-    from sqlinfer.worker.score import score
+    from sqlinfer.worker.score import build_only, score
 
     sc = spark.sparkContext
     for path in model.python_files:
@@ -107,6 +110,9 @@ def register(spark: SparkSession, model: ResolvedModel, files: Path) -> UdfStats
     def predict(arrays: Iterator[Any]) -> Iterator[Any]:
         return score(plan, load_weights, arrays, count)
 
+    def build(arrays: Iterator[Any]) -> Iterator[Any]:
+        return build_only(plan, load_weights, arrays, count)
+
     def predict_checked(arrays: Iterator[Any]) -> Iterator[Any]:
         return score(plan, load_weights, arrays, count, with_reasons=True)
 
@@ -116,7 +122,8 @@ def register(spark: SparkSession, model: ResolvedModel, files: Path) -> UdfStats
         for name, function, return_type in ((plan.udf_name, predict, plan.decl.return_type),
                                             (plan.checked_udf_name, predict_checked, plan.checked_return_type)):
             spark.udf.register(name, arrow_udf(function, data_type(return_type), ArrowUDFType.SCALAR_ITER))
-    return UdfStats(accumulator)
+        builder = arrow_udf(build, "long", ArrowUDFType.SCALAR_ITER)
+    return UdfStats(accumulator, builder)
 
 
 def data_type(ddl: str) -> DataType:

@@ -84,7 +84,7 @@ def start_early() -> subprocess.Popen | None:
     # As in the daemon Spark launches (Spark sets it to spark.task.cpus): OpenMP then starts no
     # thread pool during the imports, and forking stays safe.
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    proc = subprocess.Popen([sys.executable, "-m", "sqlinfer.runtime.daemon", "--early", str(path)],
+    proc = subprocess.Popen([sys.executable, "-m", "sqlinfer.runtime.daemon", "--early", str(os.getpid()), str(path)],
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env)
     os.environ[EARLY_ENV] = str(path)
     return proc
@@ -103,12 +103,13 @@ def end_early(proc: subprocess.Popen[bytes]) -> None:
         pass
 
 
-def run_early(path: str) -> None:
-    """The early daemon: import, wait for the daemon Spark launches, become it."""
+def run_early(path: str, driver: int) -> None:
+    """The early daemon: import, wait for the daemon Spark launches, become it; or end when its
+    driver (process id ``driver``, given, for it may end before this process asks who its parent
+    is) has ended without a session that needed Python."""
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
     listener.listen(1)  # listening before the imports: a launched daemon waits for them, not redoes them
-    driver = os.getppid()
     preload()
     listener.settimeout(1.0)
     while True:
@@ -117,9 +118,12 @@ def run_early(path: str) -> None:
             break
         except TimeoutError:
             if os.getppid() != driver:  # the driver ended without a session that needed Python
+                _remove_socket(path)
                 return
     listener.close()
-    os.unlink(path)
+    # Removed by the daemon itself, not only by the driver at exit (end_early): a driver that
+    # is killed never gets there, and each run left an empty private folder in the temp folder.
+    _remove_socket(path)
     connection.settimeout(None)
     payload, fds, _flags, _address = socket.recv_fds(connection, 1 << 20, 3)
     while not payload.endswith(b"\n"):
@@ -141,6 +145,15 @@ def run_early(path: str) -> None:
     connection.sendall(f"{os.getpid()}\n".encode())
     connection.close()
     run_pyspark_daemon()
+
+
+def _remove_socket(path: str) -> None:
+    """The early daemon's socket file and its private folder (start_early)."""
+    Path(path).unlink(missing_ok=True)
+    try:
+        Path(path).parent.rmdir()
+    except OSError:
+        pass
 
 
 def hand_over(path: str) -> bool:
@@ -182,8 +195,8 @@ def hand_over(path: str) -> bool:
 
 
 def main() -> None:
-    if len(sys.argv) == 3 and sys.argv[1] == "--early":
-        run_early(sys.argv[2])
+    if len(sys.argv) == 4 and sys.argv[1] == "--early":
+        run_early(sys.argv[3], int(sys.argv[2]))
         return
     early = os.environ.pop(EARLY_ENV, None)
     if early and SUPPORTED and hand_over(early):

@@ -163,6 +163,7 @@ def end_jvm(spark: SparkSession, *, first: Callable[[], None] | None = None, tim
         if process is None or process.poll() is None:
             # Stop Spark from here first: a JVM that stops with a task still running (a warm-up
             # after a quick command) logs errors about it.
+            close_accumulator_server_without_waiting(spark)
             for step in (first, spark.sparkContext.cancelAllJobs, spark.stop):
                 try:
                     if step is not None:
@@ -173,6 +174,13 @@ def end_jvm(spark: SparkSession, *, first: Callable[[], None] | None = None, tim
         if process is None:
             return None
         try:
+            # Close py4j's server and connections first: their JVM threads sit in native socket
+            # reads, and a JVM that exits with a thread in native code waits 300 ms for it
+            # (HotSpot's VM_Exit); closed, the JVM exits in 0.07 s instead of 0.39 s.
+            spark.sparkContext._gateway.shutdown()
+        except Exception:  # gone already: closing stdin below ends the JVM all the same
+            pass
+        try:
             process.stdin.close()  # the JVM's signal to exit (PythonGatewayServer)
             code: int = process.wait(timeout=timeout_s)
             timeline.mark("JVM exited")
@@ -181,6 +189,29 @@ def end_jvm(spark: SparkSession, *, first: Callable[[], None] | None = None, tim
             process.kill()
             process.wait(timeout=10)
             return None
+
+
+def close_accumulator_server_without_waiting(spark: SparkSession) -> None:
+    """Make ``spark.stop()`` close PySpark's accumulator server without waiting for its thread.
+
+    PySpark's stop waits for that thread, and the thread notices late: its connection handler
+    polls once a second, its accept loop every half second (0.4 to 1.0 s of every command's
+    exit, measured). At exit nothing waits for accumulator updates any more, and the thread is
+    a daemon thread, which ends with the process. The server still closes after the JVM's
+    SparkContext has stopped, where PySpark closes it.
+    """
+    server = getattr(spark.sparkContext, "_accumulatorServer", None)
+    if server is None:
+        return
+
+    def close() -> None:
+        server.server_shutdown = True  # the connection handler's loop ends at its next poll
+        server._BaseServer__shutdown_request = True  # and serve_forever's after it
+        server.server_close()
+        if isinstance(server.server_address, str):  # a Unix domain socket's file
+            Path(server.server_address).unlink(missing_ok=True)
+
+    server.shutdown = close
 
 
 def end_jvm_at_exit(spark: SparkSession, archive: jvm_cache.Plan) -> None:

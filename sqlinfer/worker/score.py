@@ -323,6 +323,14 @@ def score(plan: ModelPlan, load_weights: Callable[[], Weights], arrays: Iterator
         release_free_memory()
 
 
+def build_only(plan: ModelPlan, load_weights: Callable[[], Weights], arrays: Iterator[pa.Array],
+               stats: Stats) -> Iterator[pa.Array]:
+    """The body of a model's builder UDF (sqlinfer.runtime.warm_up.build_models_in_workers): the
+    network built in this worker, or found built, and the input passed through unscored."""
+    get_model(plan, load_weights, stats)
+    yield from arrays
+
+
 def _run(plan: ModelPlan, load_weights: Callable[[], Weights], chunks: Iterator[list[Any]],
          prepare_chunk: Callable[[list[Any]], PreparedBatch], stats: Stats, with_reasons: bool,
          on_gpu: bool) -> Iterator[pa.Array]:

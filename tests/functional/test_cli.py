@@ -7,6 +7,7 @@ import csv
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -76,6 +77,17 @@ def test_commands_run_back_to_back_and_leave_nothing_running(digits_copy: Path, 
         assert "digits_images" in result.stdout
         assert own_processes(str(digits_copy)) == []  # no JVM (its command line names target/)
         assert sorted(own_tmp.glob("sqlinfer-daemon-*")) == []  # early daemon's folder removed
+
+
+def test_a_command_leaves_no_socket_files_behind(digits_copy: Path) -> None:
+    """The JVM and PySpark's accumulator server talk over Unix domain sockets under the temp
+    folder; sqlinfer closes the accumulator server itself at exit (without PySpark's wait for
+    its thread, sqlinfer/runtime/jvm.py) and must remove its socket file as PySpark would."""
+    folder = Path(tempfile.gettempdir())
+    before = set(folder.glob(".*.sock"))
+    result = run("sql", str(digits_copy), "SELECT 1 AS one")
+    assert result.returncode == 0, result.stderr
+    assert set(folder.glob(".*.sock")) - before == set()
 
 
 def test_timings_shows_where_a_short_commands_seconds_went(digits_copy: Path) -> None:

@@ -111,6 +111,24 @@ def reference_inputs(blobs: list[bytes]) -> torch.Tensor:
     return torch.stack([pipeline(Image.open(io.BytesIO(b)).convert("RGB")) for b in blobs])
 
 
+def test_a_build_builds_the_networks_it_needs_in_the_workers_before_its_first_query(spark, project: Project) -> None:
+    """What ``sqlinfer build`` starts while it compiles its nodes (Runner.build): each named
+    model's network built in the Python workers, nothing scored, no other model built."""
+    builds_before = {name: stats.totals().get("builds", 0) for name, stats in project.stats.items()}
+    thread = project._build_models(spark, {"lin_predict_checked"})  # a _checked name stands for its model
+    assert thread is not None
+    thread.join(timeout=300)
+    assert not thread.is_alive()
+    lin = project.stats["lin_predict"]
+    assert len(lin.per_process("builds")) >= 1
+    assert set(lin.per_process("builds").values()) == {1}  # one build per worker process
+    assert lin.per_process("weights_reads") == lin.per_process("builds")
+    assert lin.totals().get("rows", 0) == 0 and lin.totals().get("batches", 0) == 0
+    assert {name: stats.totals().get("builds", 0) for name, stats in project.stats.items() if name != "lin_predict"} \
+        == {name: count for name, count in builds_before.items() if name != "lin_predict"}
+    assert project._build_models(spark, {"no_such_function"}) is None  # nothing to build: no job
+
+
 def test_logits_equal_plain_pytorch_and_one_build_per_worker(spark, project: Project, images: Path) -> None:
     stats = project.stats["r18_predict"]
     frame = spark.sql("SELECT path, content, r18_predict(content) AS logits FROM jpegs")

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 from sqlinfer.runtime.daemon import ARROW_JEMALLOC_CONF, PRELOAD
 
@@ -38,3 +39,34 @@ def test_a_preload_that_starts_a_thread_is_reported() -> None:
     report, stderr = run_preload(env)
     assert report["threads"] == 2
     assert "sqlinfer.daemon: a preloaded module started a thread (2 threads)" in stderr
+
+
+def test_an_early_daemon_whose_driver_ends_removes_its_socket_and_folder(tmp_path) -> None:
+    """A driver that ends (or is killed) before its session needs Python never runs its exit
+    handler: the early daemon notices it has lost its parent and cleans up after itself."""
+    start = ("from sqlinfer.runtime import daemon\n"
+             "proc = daemon.start_early()\n"
+             "print(proc.args[-1], proc.pid)\n")  # then exit at once, without daemon.end_early
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", start], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                          text=True, check=True)
+    path, pid = done.stdout.split()
+    folder = os.path.dirname(path)
+    assert folder.startswith(str(tmp_path)) and os.path.basename(folder).startswith("sqlinfer-daemon-")
+    deadline = time.monotonic() + 60
+    while os.path.exists(folder) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not os.path.exists(folder)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("sqlinfer-daemon-")] == []
+    while _running(int(pid)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _running(int(pid))
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie waiting for its new parent to reap it is not)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as status:
+            return "\nState:\tZ" not in status.read()
+    except FileNotFoundError:
+        return False
