@@ -253,7 +253,10 @@ class Materializer:
             self._remove_staging(name)
             raise
         finally:
-            self.spark.catalog.dropTempView(STAGED_VIEW)
+            try:
+                self.spark.catalog.dropTempView(STAGED_VIEW)
+            except Exception:  # the JVM is gone: the error on its way out is the one to report
+                pass
 
     def _rows_written(self, observation: Any, name: str) -> int:
         """The rows the staging write observed; counted from the staging table if Spark did not
