@@ -19,7 +19,8 @@ from sqlinfer.runtime.settings import (
     spark_log_path,
 )
 
-LOCAL_JIT = "-XX:TieredStopAtLevel=1 -XX:+UseParallelGC"
+C1 = "-XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=240m"
+LOCAL_JIT = f"{C1} -XX:+UseParallelGC"
 
 
 def base_options(target: Path) -> str:
@@ -111,14 +112,14 @@ def test_users_java_options_on_a_cluster(tmp_path: Path) -> None:
 
 def test_a_collector_the_user_picks_replaces_ours(tmp_path: Path) -> None:
     conf = session_conf(tmp_path, None, {"spark.driver.extraJavaOptions": "-XX:+UseG1GC"})
-    assert conf["spark.driver.extraJavaOptions"] == f"{base_options(tmp_path)} -XX:TieredStopAtLevel=1 -XX:+UseG1GC"
+    assert conf["spark.driver.extraJavaOptions"] == f"{base_options(tmp_path)} {C1} -XX:+UseG1GC"
 
 
 @pytest.mark.parametrize(("user", "options"), [
     ("", LOCAL_JIT),
     ("-Xmx4g", LOCAL_JIT),
-    ("-XX:+UseZGC -Xmx4g", "-XX:TieredStopAtLevel=1"),
-    ("-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1"),
+    ("-XX:+UseZGC -Xmx4g", C1),
+    ("-XX:+UseSerialGC", C1),
 ])
 def test_local_jvm_options(user: str, options: str) -> None:
     assert local_jvm_options(user) == options
