@@ -167,16 +167,16 @@ class Materializer:
         (a table node replaces the whole folder). Returns a note of what it did, if anything, and
         whether the node's table exists."""
         existing = self._existing(name, name + STAGING, name + BACKUP)
+        exists, staged, backed_up = ((n.lower() in existing) for n in (name, name + STAGING, name + BACKUP))
         note = None
-        exists = name.lower() in existing
-        if not exists and (name + BACKUP).lower() in existing:
+        if not exists and backed_up:
             # Killed between the two renames: the old table is complete under the backup name.
             self.spark.sql(f"ALTER TABLE {self.qualified(name + BACKUP)} RENAME TO {self.qualified(name)}")
             note = "restored the previous table after an interrupted build"
             exists = True
         else:
-            self._drop_with_data(name + BACKUP, listed=(name + BACKUP).lower() in existing)
-        self._drop_with_data(name + STAGING, listed=(name + STAGING).lower() in existing)
+            self._drop_with_data(name + BACKUP, listed=backed_up)
+        self._drop_with_data(name + STAGING, listed=staged)
         if appends and exists and self._remove_unfinished_writes(name):
             note = "; ".join(x for x in (note, "removed the unfinished output of an interrupted append") if x)
         return note, exists

@@ -95,12 +95,7 @@ def end_early(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         proc.kill()
     proc.wait()
-    path = Path(str(proc.args[-1]))  # type: ignore[index]  # a list: the socket path comes last (start_early)
-    path.unlink(missing_ok=True)
-    try:
-        path.parent.rmdir()
-    except OSError:
-        pass
+    _remove_socket(str(proc.args[-1]))  # type: ignore[index]  # a list: the socket path comes last (start_early)
 
 
 def run_early(path: str, driver: int) -> None:
