@@ -188,18 +188,21 @@ def models(project: Path) -> None:
     """List each model's SQL function with its input and return type, and how its weights reach the
     workers (weights are checked)."""
     from sqlinfer.models import flavors
+    from sqlinfer.models.flavors.base import Weights
     from sqlinfer.models.udf import BROADCAST_LIMIT, DEFAULT_BROADCAST_LIMIT_MB, weights_transport
     from sqlinfer.project import Project
+    from sqlinfer.runtime.settings import is_local
 
     loaded = Project.load(project)
     limit = float(loaded.config.spark.get(BROADCAST_LIMIT, DEFAULT_BROADCAST_LIMIT_MB))
+    local = is_local(str(loaded.config.spark.get("spark.master", "local")))
 
-    def weights(size: int) -> str:
-        return f"{weights_transport(size, limit)}, {size / 1e6:,.1f} MB"
+    def weights(blob: Weights) -> str:
+        return f"{weights_transport(blob, limit, local)}, {len(blob.data) / 1e6:,.1f} MB"
 
     rows = [(m.plan.udf_name, m.plan.decl.flavor, flavors.get(m.plan.decl.flavor).describe(item, m.weights),
              f"{m.plan.decl.input} ({m.plan.decl.input_type})", m.plan.decl.return_type,
-             weights(len(m.weights.data)), m.plan.fingerprint[:12])
+             weights(m.weights), m.plan.fingerprint[:12])
             for item, m in zip(loaded.models, loaded.resolve_models(), strict=True)]
     click.echo(format_table(["function", "flavor", "from", "input", "returns", "weights", "fingerprint"], rows))
 

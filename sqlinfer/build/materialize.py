@@ -32,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from sqlinfer.build import write_options
 from sqlinfer.build.manifest import Node
 from sqlinfer.build.templating import literal
 from sqlinfer.errors import BuildError
@@ -39,6 +40,7 @@ from sqlinfer.runtime import timeline
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql.types import StructType
 
 STAGING = "__sqlinfer_new"
 BACKUP = "__sqlinfer_old"
@@ -47,6 +49,8 @@ BUILT_BY_PROPERTY = "sqlinfer.node"
 STAGED_VIEW = "__sqlinfer_staged"  # the rows being written into a staging table
 
 Check = Callable[[], None]  # raises when the staged data must not replace or join the table
+# Creates a staging table as the given SELECT, whose rows have the given schema (see _stage).
+Create = Callable[[str, "StructType"], None]
 
 
 @dataclass
@@ -203,17 +207,27 @@ class Materializer:
                     problems.append(f"view {node.name!r} not created ({node.path.name}): {first_line(str(exc))}")
         return problems
 
-    def _create_as(self, node: Node, models: dict[str, str]) -> Callable[[str], None]:
+    def _create_as(self, node: Node, models: dict[str, str]) -> Create:
         """Creates the node's staging table as a given SELECT (for :meth:`_stage`)."""
-        return lambda select: self._create_table_as(node.name + STAGING, node, select, models)
+        return lambda select, schema: self._create_table_as(node.name + STAGING, node, select, schema, models)
 
-    def _create_table_as(self, name: str, node: Node, frame_sql: str, models: dict[str, str]) -> None:
+    def _create_table_as(self, name: str, node: Node, frame_sql: str, schema: StructType,
+                         models: dict[str, str]) -> None:
         cfg = node.config
         partition = f"PARTITIONED BY ({', '.join(f'`{c}`' for c in cfg.partition_by)}) " if cfg.partition_by else ""
         properties = {MODELS_PROPERTY: json.dumps(models, sort_keys=True), BUILT_BY_PROPERTY: node.name}
         props = ", ".join(f"{literal(k)} = {literal(v)}" for k, v in properties.items())
-        self.spark.sql(f"CREATE TABLE {self.qualified(name)} USING {cfg.file_format} {partition}"
+        self.spark.sql(f"CREATE TABLE {self.qualified(name)} USING {cfg.file_format} "
+                       f"{self._options(cfg.file_format, schema)}{partition}"
                        f"TBLPROPERTIES ({props}) AS {frame_sql}")
+
+    def _options(self, file_format: str, schema: StructType) -> str:
+        """The OPTIONS clause (with a trailing space) for a table of rows of ``schema``, or ''."""
+        legacy = self.spark.conf.get("spark.sql.parquet.writeLegacyFormat", "false") == "true"
+        options = write_options.table_options(file_format, schema, legacy)
+        if not options:
+            return ""
+        return f"OPTIONS ({', '.join(f'{literal(k)} = {literal(v)}' for k, v in options.items())}) "
 
     def table(self, node: Node, models: dict[str, str], check: Check = lambda: None,
               frame: DataFrame | None = None) -> Outcome:
@@ -226,11 +240,11 @@ class Materializer:
         timeline.mark(f"node {node.name}: swapped")
         return Outcome(rows, "rebuilt" if existed else "created", note or "")
 
-    def _stage(self, name: str, frame: DataFrame, create: Callable[[str], None], check: Check) -> int:
+    def _stage(self, name: str, frame: DataFrame, create: Create, check: Check) -> int:
         """Write ``frame`` into the staging table (``create`` runs the CREATE TABLE of it, given
-        the SELECT to write), run ``check`` on it and return how many rows it has. If the write
-        fails or the check refuses, the staging table and its folder are removed (the node's table
-        is untouched) and the error goes through.
+        the SELECT to write and its rows' schema), run ``check`` on it and return how many rows
+        it has. If the write fails or the check refuses, the staging table and its folder are
+        removed (the node's table is untouched) and the error goes through.
 
         The rows are counted as the write passes them (an observed metric), not by reading the
         staging table again: that was a second job per node (0.2-0.3 s on projects/digits).
@@ -245,7 +259,7 @@ class Materializer:
         observation = Observation()
         frame.observe(observation, F.count(F.lit(1)).alias("rows")).createOrReplaceTempView(STAGED_VIEW)
         try:
-            create(f"SELECT * FROM {STAGED_VIEW}")
+            create(f"SELECT * FROM {STAGED_VIEW}", frame.schema)
             timeline.mark(f"node {name}: written")
             check()
             return self._rows_written(observation, name)
@@ -326,10 +340,12 @@ class Materializer:
         """Load a seed into its table, staged and swapped in like a table node."""
         return self.table(node, {}, frame=self.seed_frame(node))
 
-    def _create_staging_copy(self, node: Node) -> Callable[[str], None]:
+    def _create_staging_copy(self, node: Node) -> Create:
         """Creates a plain staging table (no partitions, no properties) of the rows to append."""
-        return lambda select: self.spark.sql(f"CREATE TABLE {self.qualified(node.name + STAGING)} "
-                                             f"USING {node.config.file_format} AS {select}")
+        file_format = node.config.file_format
+        return lambda select, schema: self.spark.sql(
+            f"CREATE TABLE {self.qualified(node.name + STAGING)} USING {file_format} "
+            f"{self._options(file_format, schema)}AS {select}")
 
     def _new_rows(self, node: Node, fresh: DataFrame, key: str) -> DataFrame:
         from pyspark.sql import functions as F

@@ -1,8 +1,8 @@
 """Registering resolved models as Spark SQL functions.
 
 Each model becomes a scalar-iterator Arrow UDF (``Iterator[pa.Array] -> Iterator[pa.Array]``, the
-pandas-free form of Spark's iterator pandas UDF): the weights are broadcast once from the driver,
-and each Python worker builds the network at most once (:mod:`sqlinfer.worker.model_cache`) and
+pandas-free form of Spark's iterator pandas UDF): the weights are shipped once from the driver
+(below), and each Python worker builds the network at most once (:mod:`sqlinfer.worker.model_cache`) and
 scores each task with :func:`sqlinfer.worker.score.score`. A second function,
 ``<function>_checked``, returns ``struct<result, error: struct<kind, message>>``: why a row has
 no result, in SQL, from the same single decode.
@@ -12,6 +12,13 @@ Weights larger than ``spark.sqlinfer.weightsBroadcastLimitMB`` (1024 MB by defau
 workers as a file instead (``SparkContext.addFile``): a broadcast is pickled whole in the driver
 and Spark's pickle and block limits bite near 2 GB, while a file is fetched once per executor and
 read by each worker that builds the network, still once per worker process.
+
+With a local master the workers share the driver's disk, and weights that are a file byte for
+byte (a ``.safetensors`` state_dict, an ONNX graph, a TorchScript archive) are read by each
+worker from that file, after checking it is the file the driver read (its stamp,
+:class:`sqlinfer.models.flavors.base.FileStamp`). A broadcast would copy them three times first:
+pickled by the driver into a file, read by the JVM, cut into compressed blocks; for resnet18's
+45 MB that was 0.35-0.5 s of a command's start and 0.2-0.4 s of JVM CPU (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -24,8 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlinfer.models.flavors.base import Weights
+from sqlinfer.models.flavors.base import FileStamp, Weights
 from sqlinfer.models.resolve import ResolvedModel
+from sqlinfer.runtime.settings import is_local
 
 if TYPE_CHECKING:
     from pyspark import Accumulator
@@ -40,9 +48,12 @@ BROADCAST_LIMIT = "spark.sqlinfer.weightsBroadcastLimitMB"
 DEFAULT_BROADCAST_LIMIT_MB = 1024.0
 
 
-def weights_transport(size: int, limit_mb: float) -> str:
-    """How weights of ``size`` bytes reach the workers: ``broadcast``, or ``file`` above the limit."""
-    return "broadcast" if size <= limit_mb * 1024 * 1024 else "file"
+def weights_transport(weights: Weights, limit_mb: float, local: bool) -> str:
+    """How ``weights`` reach the workers: ``local file`` (a local master, weights that are a
+    file), else ``broadcast``, or ``file`` above the limit."""
+    if local and weights.file is not None:
+        return "local file"
+    return "broadcast" if len(weights.data) <= limit_mb * 1024 * 1024 else "file"
 
 
 def _counter_param() -> AccumulatorParam[Counters]:
@@ -102,7 +113,10 @@ def register(spark: SparkSession, model: ResolvedModel, files: Path) -> UdfStats
         accumulator.add({f"{name}@{pid}": value for name, value in values.items()})
 
     limit = float(spark.conf.get(BROADCAST_LIMIT, str(DEFAULT_BROADCAST_LIMIT_MB)))
-    if weights_transport(len(model.weights.data), limit) == "file":
+    transport = weights_transport(model.weights, limit, is_local(sc.master))
+    if transport == "local file":
+        load_weights = read_in_place(model.weights, count)
+    elif transport == "file":
         load_weights = _shipped_as_file(sc, model.weights, files, count)
     else:
         load_weights = _broadcast(sc, model.weights, count)
@@ -182,6 +196,29 @@ def _broadcast(sc: Any, weights: Weights, count: Callable[[Counters], None]) -> 
         count({"weights_reads": 1})
         value: Weights = shared.value
         return value
+
+    return load
+
+
+def read_in_place(weights: Weights, count: Callable[[Counters], None]) -> Callable[[], Weights]:
+    """The weights read by each worker from the file the driver read them from (a local master).
+    Only the file's stamp travels in the closure; a file changed since the driver read it fails
+    the task with a message that says so, instead of scoring with weights nobody checked."""
+    assert weights.file is not None
+    stamp, kind, origin = weights.file, weights.format, weights.origin
+
+    def load() -> Weights:
+        count({"weights_reads": 1})
+        path = Path(stamp.path)
+        try:
+            now = FileStamp.of(path)
+        except OSError as exc:
+            raise RuntimeError(f"sqlinfer: the weights file {path} is gone since this command read it "
+                               f"({exc.strerror}); run the command again") from None
+        if now != stamp:
+            raise RuntimeError(f"sqlinfer: the weights file {path} changed since this command read and "
+                               "checked it; run the command again to use the new weights")
+        return Weights(kind, path.read_bytes(), origin, stamp)
 
     return load
 

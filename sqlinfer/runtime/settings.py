@@ -105,8 +105,13 @@ def local_jvm_options(user_options: str) -> str:
     serve` under tests/functional/test_serve.py's load: "CodeCache is full. Compiler has been
     disabled", then method handles failed to link and Spark stopped its context), so the cache
     keeps the usual size: address space reserved, memory used only as code is compiled.
+
+    The class metadata a session loads outside the class archive (Hive's, generated code) passes
+    the JVM's first metaspace threshold (about 21 MB) while the metastore opens: a full,
+    stop-the-world collection of 0.15 s, then, in the middle of a command's start. 64 MB is
+    above what a build uses (about 27 MB), and memory is still committed only as it is used.
     """
-    options = ["-XX:TieredStopAtLevel=1", "-XX:ReservedCodeCacheSize=240m"]
+    options = ["-XX:TieredStopAtLevel=1", "-XX:ReservedCodeCacheSize=240m", "-XX:MetaspaceSize=64m"]
     if not re.search(r"-XX:\+Use\w*GC\b", user_options):
         options.append("-XX:+UseParallelGC")
     return " ".join(options)

@@ -21,6 +21,23 @@ def rows(spark, table: str, drop: tuple[str, ...] = ()) -> list:
     return sorted(tuple(r) for r in frame.collect())
 
 
+DICTIONARY_ENCODINGS = {"PLAIN_DICTIONARY", "RLE_DICTIONARY"}
+
+
+def column_encodings(files: list[str]) -> dict[str, set[str]]:
+    """Parquet column path -> the encodings its chunks use, over all row groups of ``files``."""
+    import pyarrow.parquet as pq
+
+    found: dict[str, set[str]] = {}
+    for file in files:
+        metadata = pq.ParquetFile(file.removeprefix("file:")).metadata
+        for group in range(metadata.num_row_groups):
+            for index in range(metadata.num_columns):
+                column = metadata.row_group(group).column(index)
+                found.setdefault(column.path_in_schema, set()).update(column.encodings)
+    return found
+
+
 def node_result(project: Project, name: str) -> dict:
     results = json.loads((project.target / "run_results.json").read_text())
     return next(n for n in results["nodes"] if n["name"] == name)
@@ -66,6 +83,13 @@ def test_digits_builds_every_node_twice_identically(spark, digits_copy: Path) ->
         .replace("{{ ref('digit_predictions') }}", f"`{database}`.`digit_predictions`")
         .replace("{{ var('eval_split', 'test') }}", "'test'"))
 
+    # Float columns are written without parquet's dictionary (sqlinfer/build/write_options.py),
+    # named in the table's definition; test_float_columns_written_without_dictionary shows the effect.
+    described = {r.col_name: r.data_type for r in spark.sql(f"DESCRIBE TABLE EXTENDED {database}.digit_predictions")
+                 .collect()}
+    assert set(described["Storage Properties"].strip("[]").split(", ")) == {
+        "parquet.enable.dictionary#probabilities.list.element=false", "parquet.enable.dictionary#score=false"}
+
     before = (rows(spark, f"{database}.digit_predictions"),
               rows(spark, f"{database}.digit_predictions_incremental", drop=("scored_at",)))
     second = Project.load(digits_copy).build(spark)
@@ -75,6 +99,30 @@ def test_digits_builds_every_node_twice_identically(spark, digits_copy: Path) ->
     assert after == before
     assert {n.name: n.rows_scored for n in second.nodes} == {
         "digit_predictions": 1797, "accuracy": 0, "confusion_matrix": 0, "digit_predictions_incremental": 0}
+
+
+def test_float_columns_written_without_dictionary(spark, tmp_path: Path) -> None:
+    """The options a build gives its tables keep parquet's dictionary off exactly for float columns,
+    here where it would pay (three distinct values): the key format works in this Spark's parquet."""
+    from sqlinfer.build.write_options import table_options
+
+    select = ("SELECT CAST(id % 3 AS FLOAT) AS score, array(CAST(id % 3 AS DOUBLE)) AS scores, "
+              "CAST(id % 3 AS STRING) AS label FROM range(3000)")
+    options = table_options("parquet", spark.sql(select).schema)
+    clause = ", ".join(f"'{key}' = '{value}'" for key, value in options.items())
+    spark.sql(f"CREATE TABLE dictionary_probe USING parquet OPTIONS ({clause}) "
+              f"LOCATION '{tmp_path / 'probe'}' AS {select}")
+    spark.sql(f"CREATE TABLE dictionary_default USING parquet LOCATION '{tmp_path / 'default'}' AS {select}")
+    try:
+        probe = column_encodings(spark.table("dictionary_probe").inputFiles())
+        default = column_encodings(spark.table("dictionary_default").inputFiles())
+    finally:
+        spark.sql("DROP TABLE dictionary_probe")
+        spark.sql("DROP TABLE dictionary_default")
+    assert set(probe) == {"score", "scores.list.element", "label"}
+    for column in ("score", "scores.list.element"):
+        assert default[column] & DICTIONARY_ENCODINGS and not probe[column] & DICTIONARY_ENCODINGS
+    assert probe["label"] & DICTIONARY_ENCODINGS
 
 
 def test_incremental_scores_only_new_rows(spark, digits_copy: Path) -> None:

@@ -148,6 +148,12 @@ def test_logits_equal_plain_pytorch_and_one_build_per_worker(spark, project: Pro
     assert len(workers) >= 1
     assert sum(builds.values()) <= len(workers)
     assert all(count == 1 for count in builds.values())
+    # The local master's workers read the weights file itself, once per build (sqlinfer/models/udf.py):
+    # these weights were never broadcast.
+    r18 = next(m for m in project.resolve_models() if m.plan.udf_name == "r18_predict")
+    assert r18.weights.file is not None and r18.weights.file.path == str(project.root / "weights" / "r18.safetensors")
+    assert (r18.weights.format, r18.weights.digest) not in spark.sparkContext.__dict__.get("_sqlinfer_broadcasts", {})
+    assert stats.per_process("weights_reads") == builds
     # batch_size 7 holds whatever Arrow's batch size (16 rows per Arrow batch here).
     assert stats.totals()["batches"] >= 216 / 7
 
@@ -296,15 +302,23 @@ def test_return_types_parsed_in_python_equal_sparks_own_parse(spark, output: str
 
 
 def test_two_declarations_of_one_network_share_one_broadcast(spark, digits_copy: Path) -> None:
-    """projects/digits declares its CNN twice (label, probabilities) with the same weights file."""
+    """projects/digits declares its CNN twice (label, probabilities) with the same weights file. The
+    local master's workers read that file in place: nothing is broadcast. Where the weights are
+    broadcast (a cluster master, generated weights), the two declarations share one broadcast."""
+    from sqlinfer.models.udf import _broadcast
+
     shared = spark.sparkContext.__dict__.setdefault("_sqlinfer_broadcasts", {})
     before = set(shared)
     project = Project.load(digits_copy)
     project.register(spark)
     label_model, probability_model = project.resolve_models()
     key = ("safetensors", label_model.weights.digest)
-    assert probability_model.weights.digest == label_model.weights.digest and key in shared
-    assert set(shared) - before <= {key}  # at most this one broadcast is new (none if an earlier test made it)
+    assert probability_model.weights.digest == label_model.weights.digest
+    assert set(shared) == before  # read in place
+    loads = [_broadcast(spark.sparkContext, model.weights, lambda _counters: None)
+             for model in (label_model, probability_model)]
+    assert set(shared) - before == {key}
+    assert loads[0]().data == loads[1]().data == label_model.weights.data
     rows = spark.sql("SELECT digits_predict(content).index AS predicted, digits_probabilities(content) AS p "
                      "FROM digits_images WHERE split = 'test' LIMIT 40").collect()
     assert len(rows) == 40

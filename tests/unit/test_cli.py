@@ -63,7 +63,7 @@ def test_models_lists_functions_and_types(digits_models: Path) -> None:
     label_cells, probability_cells = ([c.strip() for c in line.split("|")] for line in (label, probabilities))
     assert label_cells[:6] == ["digits_predict", "python", "digits_net:DigitsCNN, weights/digits_cnn.safetensors",
                                "image (binary)", "struct<label:string,index:int,score:float>",
-                               f"broadcast, {size / 1e6:,.1f} MB"]
+                               f"local file, {size / 1e6:,.1f} MB"]
     assert probability_cells[:5] == ["digits_probabilities", "python", label_cells[2], "image (binary)",
                                      "array<float>"]
     # Same network and weights, another output: another fingerprint.
@@ -71,13 +71,21 @@ def test_models_lists_functions_and_types(digits_models: Path) -> None:
 
 
 def test_models_says_which_weights_go_as_files(digits_models: Path) -> None:
-    """Above spark.sqlinfer.weightsBroadcastLimitMB (the project's `spark:` section) weights are
-    shipped as a file (docs/cluster.md)."""
+    """With a cluster master the weights are broadcast, and shipped as a file above
+    spark.sqlinfer.weightsBroadcastLimitMB (the project's `spark:` section; docs/cluster.md)."""
     project_file = digits_models / "sqlinfer_project.yml"
-    project_file.write_text(project_file.read_text() + "spark:\n  spark.sqlinfer.weightsBroadcastLimitMB: 0.01\n")
-    result = invoke("models", str(digits_models))
-    assert result.exit_code == 0, result.output
-    assert [c.strip() for c in result.stdout.splitlines()[2].split("|")][5].startswith("file, ")
+    original = project_file.read_text()
+
+    def transport(spark_section: str) -> str:
+        project_file.write_text(original + spark_section)
+        result = invoke("models", str(digits_models))
+        assert result.exit_code == 0, result.output
+        return [c.strip() for c in result.stdout.splitlines()[2].split("|")][5].split(",")[0]
+
+    cluster = "spark:\n  spark.master: spark://127.0.0.1:7077\n"
+    assert transport(cluster) == "broadcast"
+    assert transport(cluster + "  spark.sqlinfer.weightsBroadcastLimitMB: 0.01\n") == "file"
+    assert transport("spark:\n  spark.sqlinfer.weightsBroadcastLimitMB: 0.01\n") == "local file"
 
 
 def test_models_reports_bad_declaration_with_location(digits_models: Path) -> None:

@@ -19,7 +19,7 @@ from sqlinfer.runtime.settings import (
     spark_log_path,
 )
 
-C1 = "-XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=240m"
+C1 = "-XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=240m -XX:MetaspaceSize=64m"
 LOCAL_JIT = f"{C1} -XX:+UseParallelGC"
 
 

@@ -13,6 +13,7 @@ import hashlib
 import re
 import warnings
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -24,15 +25,41 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
+class FileStamp:
+    """A file as the driver found it just before reading it: where it is, its size, modification
+    time and inode. A worker on the same machine compares it with the file's own before reading
+    the file in place of a broadcast (sqlinfer/models/udf.py): a file changed since does not match."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    inode: int
+
+    @classmethod
+    def of(cls, path: Path) -> FileStamp:
+        status = path.stat()
+        return cls(str(path), status.st_size, status.st_mtime_ns, status.st_ino)
+
+
+@dataclass(frozen=True)
 class Weights:
-    """What the driver broadcasts to workers: the weights as one serialized blob, and where they were
-    read from when that is more than the blob (an MLflow model version)."""
+    """What the driver ships to workers: the weights as one serialized blob, where they were read
+    from when that is more than the blob (an MLflow model version), and the file the blob is,
+    byte for byte, when it is one (None: weights generated, converted or downloaded)."""
 
     format: Literal["safetensors", "torchscript", "onnx", "pt2", "mlflow"]
     data: bytes
     origin: str = ""
+    file: FileStamp | None = None
 
-    @property
+    @classmethod
+    def read(cls, format: Literal["safetensors", "torchscript", "onnx"], path: Path) -> Weights:
+        """A weights file as it is on disk, stamped before it is read: a file that changes while
+        it is read has a later stamp than its bytes, and no worker will take it for them."""
+        stamp = FileStamp.of(path)
+        return cls(format, path.read_bytes(), file=stamp)
+
+    @cached_property  # the blob may be gigabytes; several steps of a command name it
     def digest(self) -> str:
         # The origin counts: a registry alias moved to a version with the same bytes is still a new model.
         digest = hashlib.sha256(f"{self.origin}\0".encode() if self.origin else b"")
@@ -150,15 +177,15 @@ def state_dict_weights(item: Located, path: Path) -> Weights:
     from safetensors.torch import save
 
     if path.suffix == ".safetensors":
-        data = path.read_bytes()
+        weights = Weights.read("safetensors", path)
         try:
             from safetensors.torch import load
 
-            load(data)
+            load(weights.data)
         except Exception as exc:  # any parse failure is a bad weights file
             raise item.error(f"cannot read safetensors file {path.name}: {exc}",
                              code="config.bad_weights", key="weights") from None
-        return Weights("safetensors", data)
+        return weights
     try:
         with warnings.catch_warnings():
             # torch warns about pickle protocols it did not write: the error below says it all.
@@ -195,7 +222,7 @@ def safetensors_file(item: Located, root: Path) -> Weights | None:
     """A declared ``.safetensors`` file as it is on disk, or None for any other weights."""
     if item.decl.weights is None or not item.decl.weights.endswith(".safetensors"):
         return None
-    return Weights("safetensors", weights_path(item, root).read_bytes())
+    return Weights.read("safetensors", weights_path(item, root))
 
 
 def load_state(module: torch.nn.Module, weights: Weights) -> None:

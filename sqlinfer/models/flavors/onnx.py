@@ -102,7 +102,8 @@ class Onnx(Flavor):
     def load_weights(self, item: Located, root: Path) -> Weights:
         _runtime(item)  # the missing extra before anything about the file
         path = weights_path(item, root)
-        data = path.read_bytes()
+        weights = Weights.read("onnx", path)
+        data = weights.data
         try:
             outside = external_tensors(data)
         except ImportError:
@@ -126,7 +127,7 @@ class Onnx(Flavor):
             found = ", ".join(f"{a.name} ({a.type})" for a in inputs)
             raise item.error(f"{path.name} must have one float input, not {found}", code="config.bad_weights",
                              key="weights")
-        return Weights("onnx", data)
+        return weights
 
     def file_weights(self, item: Located, root: Path) -> Weights | None:
         return self.load_weights(item, root)

@@ -160,7 +160,8 @@ class TorchScript(Flavor):
 
     def load_weights(self, item: Located, root: Path) -> Weights:
         path = weights_path(item, root)
-        data = path.read_bytes()
+        weights = Weights.read("torchscript", path)
+        data = weights.data
         try:
             check_archive(data)
         except ArchiveError as exc:
@@ -168,7 +169,7 @@ class TorchScript(Flavor):
                 raise item.error(f"{path.name} was not loaded: its TorchScript can reach files, processes or "
                                  f"other machines ({exc})", code="config.unsafe_torchscript", key="weights") from None
             raise item.error(f"cannot read {path.name}: {exc}", code="config.bad_weights", key="weights") from None
-        return Weights("torchscript", data)
+        return weights
 
     def file_weights(self, item: Located, root: Path) -> Weights | None:
         return self.load_weights(item, root)
