@@ -259,6 +259,8 @@ class Runner:
             self.report(f"{prefix} {self._summary(result)}")
             if result.status == "success":
                 self._test_node(node.name, result, tests, manifest)
+        self.materializer.drop_replaced()
+        timeline.mark("replaced tables dropped")
         self._orphans(set(manifest.nodes), prune)
         # A singular test runs once every node it reads was built in this run (or was not selected).
         ready = {name for name, r in results.items() if r.status == "success"} | (set(manifest.nodes) - chosen)

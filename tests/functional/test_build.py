@@ -99,6 +99,13 @@ def test_digits_builds_every_node_twice_identically(spark, digits_copy: Path) ->
     assert after == before
     assert {n.name: n.rows_scored for n in second.nodes} == {
         "digit_predictions": 1797, "accuracy": 0, "confusion_matrix": 0, "digit_predictions_incremental": 0}
+    # The replaced table is dropped with its folder at the end of the build (Materializer.drop_replaced).
+    names = {t.name for t in spark.catalog.listTables(database)}
+    assert "digit_predictions" in names and not {n for n in names if n.endswith(("__sqlinfer_old", "__sqlinfer_new"))}
+    location = next(r.info_value for r in spark.sql(f"DESCRIBE DATABASE {database}").collect()
+                    if r.info_name == "Location")
+    folders = {p.name for p in Path(location.removeprefix("file:")).iterdir()}
+    assert "digit_predictions" in folders and "digit_predictions__sqlinfer_old" not in folders
 
 
 def test_float_columns_written_without_dictionary(spark, tmp_path: Path) -> None:
