@@ -136,7 +136,7 @@ def register(spark: SparkSession, model: ResolvedModel, files: Path) -> UdfStats
         for name, function, return_type in ((plan.udf_name, predict, plan.decl.return_type),
                                             (plan.checked_udf_name, predict_checked, plan.checked_return_type)):
             spark.udf.register(name, arrow_udf(function, data_type(return_type), ArrowUDFType.SCALAR_ITER))
-        builder = arrow_udf(build, "long", ArrowUDFType.SCALAR_ITER)
+        builder = arrow_udf(build, data_type("long"), ArrowUDFType.SCALAR_ITER)
     return UdfStats(accumulator, builder)
 
 

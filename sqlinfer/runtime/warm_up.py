@@ -33,10 +33,12 @@ def warm_up_workers(spark: SparkSession) -> threading.Thread:
             import warnings
 
             from pyspark.sql.functions import ArrowUDFType, arrow_udf
+            from pyspark.sql.types import LongType
 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
-                udf = arrow_udf(_pass_through, "long", ArrowUDFType.SCALAR_ITER)
+                # A DataType, not "long": PySpark parses a type string in the JVM (models/udf.data_type).
+                udf = arrow_udf(_pass_through, LongType(), ArrowUDFType.SCALAR_ITER)
             slots = max(1, spark.sparkContext.defaultParallelism)
             spark.sparkContext.setLocalProperty("spark.job.description", "sqlinfer: start Python workers")
             spark.range(slots, numPartitions=slots).select(udf("id")).collect()
