@@ -13,6 +13,7 @@ declaration becoming a SQL function), ``build/`` (a SQL file becoming a table), 
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -111,8 +112,12 @@ class Project:
     def session(self, master: str | None = None, conf: dict[str, Any] | None = None, *,
                 defaults: dict[str, Any] | None = None) -> SparkSession:
         """The project's SparkSession, with :meth:`spark_conf`'s settings."""
+        from sqlinfer.models import flavors
+        from sqlinfer.runtime import daemon
         from sqlinfer.runtime.session import build_session
 
+        # Before the JVM starts: its Python worker daemon, and an early one, inherit the variable.
+        os.environ[daemon.EXTRA_ENV] = ",".join(flavors.worker_modules(m.decl.flavor for m in self.models))
         return build_session(self.target, master, self.spark_conf(conf, defaults))
 
     def start(self, master: str | None = None, conf: dict[str, Any] | None = None, *,

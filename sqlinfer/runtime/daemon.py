@@ -37,9 +37,16 @@ import tempfile
 import time
 from pathlib import Path
 
-# Imported before the fork: what every worker imports before its first row.
-PRELOAD = ("numpy", "PIL.Image", "torch", "torchvision", "safetensors.torch", "pyarrow", "pandas",
-           "pyspark.worker", "pyspark.sql.pandas.serializers", "sqlinfer.models.udf", "sqlinfer.worker.score")
+# Imported before the fork: what every worker imports before its first row. Not pandas: PySpark's
+# worker for Arrow UDFs never imports it (0.3 s of the daemon's CPU in every command).
+PRELOAD = ("numpy", "PIL.Image", "torch", "safetensors.torch", "pyarrow", "pyspark.worker",
+           "pyspark.sql.pandas.serializers", "sqlinfer.models.udf", "sqlinfer.worker.score")
+# What only some models' workers import (a flavor's ``worker_modules``), named by the driver in this
+# variable before the JVM starts, comma-separated (sqlinfer.project.Project.session); unset, the
+# daemon preloads torchvision. torchvision costs about 1 s of CPU to import (most of it
+# torch._dynamo, which torchvision.ops imports), wasted in a session whose models never use it.
+EXTRA_ENV = "SQLINFER_DAEMON_PRELOAD_EXTRA"
+DEFAULT_EXTRA = ("torchvision",)
 # jemalloc (pyarrow's allocator) without its background purging thread: purging then happens on
 # the allocating threads, and the daemon stays single-threaded, so its forks are safe. A value
 # the user set wins (and the thread check below says if it starts a thread).
@@ -53,11 +60,19 @@ def _threads() -> int:
         return 1
 
 
-def preload(modules: tuple[str, ...] = PRELOAD) -> float:
-    """Import ``modules`` (those that fail are skipped: the worker reports the error later, where
-    the user sees it) and return the seconds spent."""
+def preload_modules() -> tuple[str, ...]:
+    """:data:`PRELOAD` and the modules the session's models need (:data:`EXTRA_ENV`)."""
+    extra = os.environ.get(EXTRA_ENV)
+    return PRELOAD + (DEFAULT_EXTRA if extra is None else tuple(m for m in extra.split(",") if m))
+
+
+def preload(modules: tuple[str, ...] | None = None) -> float:
+    """Import ``modules`` (by default :func:`preload_modules`; those that fail are skipped: the
+    worker reports the error later, where the user sees it) and return the seconds spent."""
     import importlib
 
+    if modules is None:
+        modules = preload_modules()
     started = time.perf_counter()
     os.environ.setdefault(*ARROW_JEMALLOC_CONF)
     for name in modules:

@@ -9,13 +9,14 @@ import subprocess
 import sys
 import time
 
-from sqlinfer.runtime.daemon import ARROW_JEMALLOC_CONF, PRELOAD
+from sqlinfer.runtime.daemon import ARROW_JEMALLOC_CONF, EXTRA_ENV, PRELOAD
 
 CHECK = """
 import json, sys
-from sqlinfer.runtime.daemon import PRELOAD, _threads, preload
+from sqlinfer.runtime.daemon import _threads, preload, preload_modules
 preload()
-print(json.dumps({"threads": _threads(), "missing": [m for m in PRELOAD if m not in sys.modules]}))
+print(json.dumps({"threads": _threads(), "missing": [m for m in preload_modules() if m not in sys.modules],
+                  "torchvision": "torchvision" in sys.modules, "pandas": "pandas" in sys.modules}))
 """
 
 
@@ -27,10 +28,28 @@ def run_preload(env: dict[str, str]) -> tuple[dict, str]:
 def test_preload_imports_the_worker_modules_and_starts_no_thread() -> None:
     env = {k: v for k, v in os.environ.items() if k != ARROW_JEMALLOC_CONF[0]}
     env["OMP_NUM_THREADS"] = "1"  # as Spark sets it for its daemon (spark.task.cpus)
+    env.pop(EXTRA_ENV, None)  # a session that names no modules: torchvision, as before
     report, stderr = run_preload(env)
-    assert {"pyarrow", "pandas", "torch", "sqlinfer.worker.score"} <= set(PRELOAD)
-    assert report == {"threads": 1, "missing": []}
+    assert {"pyarrow", "torch", "sqlinfer.worker.score"} <= set(PRELOAD)
+    assert report == {"threads": 1, "missing": [], "torchvision": True, "pandas": False}
     assert stderr == ""
+
+
+def test_preload_takes_the_modules_the_sessions_models_name() -> None:
+    """A project whose models need no torchvision does not pay its import (about 1 s of CPU)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", EXTRA_ENV: ""}
+    report, _ = run_preload(env)
+    assert report == {"threads": 1, "missing": [], "torchvision": False, "pandas": False}
+    report, _ = run_preload({**env, EXTRA_ENV: "torchvision"})
+    assert report["torchvision"] is True and report["missing"] == []
+
+
+def test_projects_name_the_modules_of_their_flavors() -> None:
+    """What Project.session puts in the daemon's variable: its flavors' worker_modules."""
+    from sqlinfer.models import flavors
+
+    assert flavors.worker_modules(["python", "python"]) == ()
+    assert flavors.worker_modules(["torchscript", "torchvision", "python"]) == ("torchvision",)
 
 
 def test_a_preload_that_starts_a_thread_is_reported() -> None:

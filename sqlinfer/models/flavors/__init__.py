@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from collections.abc import Iterable
 from functools import cache
 
 from sqlinfer.models.flavors.base import Flavor
@@ -22,3 +23,8 @@ def names() -> tuple[str, ...]:
 def get(name: str) -> Flavor:
     flavor: Flavor = importlib.import_module(f"{__name__}.{name}").FLAVOR
     return flavor
+
+
+def worker_modules(flavor_names: Iterable[str]) -> tuple[str, ...]:
+    """The modules the workers of models of these flavors import beyond torch, in a stable order."""
+    return tuple(sorted({module for name in set(flavor_names) for module in get(name).worker_modules}))

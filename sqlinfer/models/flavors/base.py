@@ -81,6 +81,10 @@ class Flavor(Protocol):
     workers and in the driver's check, from the broadcast weights alone. A flavor class subclasses
     this protocol to take the defaults of ``check``, ``defaults`` and ``source_files``."""
 
+    # Modules its networks import in the workers beyond torch: the worker daemon imports them
+    # before it forks (sqlinfer/runtime/daemon.py), only for sessions with a model of this flavor.
+    worker_modules: tuple[str, ...] = ()
+
     def validate(self, decl: ModelDecl) -> None:
         """Keys this flavor needs or refuses; raise ValueError (reported at the declaration's line).
         Runs while models.yml is read: no torch import."""

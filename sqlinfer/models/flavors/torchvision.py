@@ -59,6 +59,8 @@ def _new(decl: ModelDecl) -> torch.nn.Module:
 
 
 class TorchVision(Flavor):
+    worker_modules = ("torchvision",)
+
     def describe(self, item: Located, weights: Weights) -> str:
         return f"torchvision.models.{item.decl.architecture}, {item.decl.weights}"
 
