@@ -8,10 +8,11 @@ once, then runs PySpark's unchanged daemon loop, so forked workers start with th
 (shared copy-on-write pages).
 
 Forking after these imports is safe because none of them starts a thread (checked below). PySpark
-imports pandas and pyarrow only after the fork because pyarrow's allocator, jemalloc, starts a
-background thread; with that thread switched off (``JE_ARROW_MALLOC_CONF``) they are preloaded
-too, with the worker's own modules: a new worker otherwise spent about 0.3 s of CPU importing them
-before its first row, more while other workers start beside it.
+imports pyarrow only after the fork because pyarrow's allocator, jemalloc, starts a background
+thread; with that thread switched off (``JE_ARROW_MALLOC_CONF``) it is preloaded too, with the
+worker's own modules: a new worker otherwise spent about 0.3 s of CPU importing them before its
+first row, more while other workers start beside it. What only some models need (torchvision) is
+preloaded only in sessions with such a model (:data:`EXTRA_ENV`).
 
 Started early: Spark launches the daemon only when a first task needs Python, seconds after the
 session starts, and then the imports (about 4 s) still stand between it and the first worker. So
