@@ -307,12 +307,12 @@ class Materializer:
         process runs it, on projects/digits), and nothing downstream waits for an old table to go:
         done here, it delays no node. A table left by a build killed before this is dropped by
         the next build's recover() of its node; one that cannot be dropped now is too."""
-        while self._replaced:
-            name = self._replaced.pop(0)
+        for name in self._replaced:
             try:
                 self._drop_with_data(name)
             except Exception:  # left for the next build's recover(); the new tables are in place
                 continue
+        self._replaced.clear()
 
     def incremental(self, node: Node, incremental_sql: str, models: dict[str, str], rebuild: bool,
                     reason: str, check: Check = lambda: None) -> Outcome:

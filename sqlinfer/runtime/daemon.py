@@ -67,16 +67,14 @@ def preload_modules() -> tuple[str, ...]:
     return PRELOAD + (DEFAULT_EXTRA if extra is None else tuple(m for m in extra.split(",") if m))
 
 
-def preload(modules: tuple[str, ...] | None = None) -> float:
-    """Import ``modules`` (by default :func:`preload_modules`; those that fail are skipped: the
-    worker reports the error later, where the user sees it) and return the seconds spent."""
+def preload() -> float:
+    """Import :func:`preload_modules` (those that fail are skipped: the worker reports the error
+    later, where the user sees it) and return the seconds spent."""
     import importlib
 
-    if modules is None:
-        modules = preload_modules()
     started = time.perf_counter()
     os.environ.setdefault(*ARROW_JEMALLOC_CONF)
-    for name in modules:
+    for name in preload_modules():
         try:
             importlib.import_module(name)
         except Exception:  # any import failure surfaces in the worker instead, where users see it

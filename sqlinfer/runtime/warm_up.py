@@ -37,7 +37,7 @@ def warm_up_workers(spark: SparkSession) -> threading.Thread:
 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
-                # A DataType, not "long": PySpark parses a type string in the JVM (models/udf.data_type).
+                # A DataType, not "long": PySpark parses a type string in the JVM's cold parser.
                 udf = arrow_udf(_pass_through, LongType(), ArrowUDFType.SCALAR_ITER)
             slots = max(1, spark.sparkContext.defaultParallelism)
             spark.sparkContext.setLocalProperty("spark.job.description", "sqlinfer: start Python workers")
