@@ -65,16 +65,6 @@ class Cluster:
         worker = psutil.Process(self.workers[index].pid)
         return [worker, *worker.children(recursive=True)]
 
-    def pythons(self, index: int) -> int:
-        """Python processes under a worker: its executor's daemon and the workers it forked."""
-        count = 0
-        for process in self.worker_tree(index):
-            try:
-                count += "python" in " ".join(process.cmdline())
-            except psutil.Error:  # ended meanwhile
-                pass
-        return count
-
 
 def wait_for_line(log: Path, pattern: str, process: subprocess.Popen[bytes], timeout: float = START_TIMEOUT_S
                   ) -> re.Match[str]:
@@ -233,26 +223,39 @@ def test_build_and_spark_submit_on_the_cluster_with_weights_as_files(
 
 SLOW_MODEL = '''
 
+import os as _os
 import time as _time
 
 
 class SlowDigitsCNN(DigitsCNN):
     """The digits CNN, 0.4 s slower per batch in a task: the build lasts long enough for a
-    worker to be killed while its executor runs tasks."""
+    worker to be killed while its executor runs tasks. Each scoring process leaves a file named
+    by its pid in {marks}, so the test knows whose tasks are running (a build's warm-up also
+    forks Python workers, but builds networks without calling them)."""
 
     def forward(self, x):
         from pyspark import TaskContext
 
         if TaskContext.get() is not None:
+            open(_os.path.join({marks!r}, str(_os.getpid())), "a").close()
             _time.sleep(0.4)
         return super().forward(x)
 '''
 
 
+def scoring(tree: list[psutil.Process], marks: Path) -> bool:
+    """Whether a process of this tree has called the slow model in a task."""
+    pids = {process.pid for process in tree}
+    return any(int(mark.name) in pids for mark in marks.iterdir())
+
+
 def test_a_worker_killed_mid_build_costs_a_retry_not_the_build(
         cluster: Cluster, local_predictions: dict[str, tuple], spark, tmp_path: Path) -> None:
     project = project_copy(tmp_path, test_split_only=True)
-    (project / "digits_net.py").write_text((project / "digits_net.py").read_text() + SLOW_MODEL)
+    marks = tmp_path / "scoring"
+    marks.mkdir()
+    network = project / "digits_net.py"
+    network.write_text(network.read_text() + SLOW_MODEL.format(marks=str(marks)))
     models = project / "models.yml"
     models.write_text(models.read_text().replace("digits_net:DigitsCNN", "digits_net:SlowDigitsCNN")
                       .replace("batch_size: 64", "batch_size: 8"))
@@ -268,13 +271,11 @@ def test_a_worker_killed_mid_build_costs_a_retry_not_the_build(
                 lines.append(line)
                 if "START table digit_predictions" in line:
                     break
-            # The victim's executor is scoring: its Python worker has been forked for the model.
+            # Kill the victim once one of its Python workers is scoring (a mark from a pid in its tree).
             deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:
-                if cluster.pythons(victim) >= 2:  # the daemon and a worker
-                    break
-                time.sleep(0.2)
-            time.sleep(3)
+            while time.monotonic() < deadline and not scoring(cluster.worker_tree(victim), marks):
+                time.sleep(0.1)
+            assert scoring(cluster.worker_tree(victim), marks), f"no task of the build ran on worker {victim}"
             tree = cluster.worker_tree(victim)
             os.kill(cluster.workers[victim].pid, signal.SIGKILL)
             stdout, stderr = build.communicate(timeout=600)
