@@ -38,10 +38,13 @@ import tempfile
 import time
 from pathlib import Path
 
-# Imported before the fork: what every worker imports before its first row. Not pandas: PySpark's
-# worker for Arrow UDFs never imports it (0.3 s of the daemon's CPU in every command).
-PRELOAD = ("numpy", "PIL.Image", "torch", "safetensors.torch", "pyarrow", "pyspark.worker",
-           "pyspark.sql.pandas.serializers", "sqlinfer.models.udf", "sqlinfer.worker.score")
+# Imported before the fork: what every worker imports before its first row, down to the image
+# plugins PIL loads on its first open and pyarrow.compute (array slicing and takes), about 30 ms a
+# worker. Not pandas: neither PySpark's worker for Arrow UDFs nor sqlinfer's imports it
+# (sqlinfer/worker/arrow_numpy.py), and it cost the daemon 0.3 s of CPU in every command.
+PRELOAD = ("numpy", "PIL.Image", "PIL.BmpImagePlugin", "PIL.GifImagePlugin", "PIL.JpegImagePlugin",
+           "PIL.PpmImagePlugin", "PIL.PngImagePlugin", "torch", "safetensors.torch", "pyarrow", "pyarrow.compute",
+           "pyspark.worker", "pyspark.sql.pandas.serializers", "sqlinfer.models.udf", "sqlinfer.worker.score")
 # What only some models' workers import (a flavor's ``worker_modules``), named by the driver in this
 # variable before the JVM starts, comma-separated (sqlinfer.project.Project.session); unset, the
 # daemon preloads torchvision. torchvision costs about 1 s of CPU to import (most of it

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from sqlinfer.worker.arrow_numpy import booleans, numbers, strings
 from sqlinfer.worker.decode import BadInput
 
 # The Arrow form of models.declaration.LABEL_STRUCT, the element of `label` and `topk` outputs.
@@ -33,17 +34,16 @@ def _scatter(values: np.ndarray, ok: np.ndarray) -> np.ndarray:
 def _float_lists(values: np.ndarray, ok: np.ndarray) -> pa.Array:
     width = values.shape[1] if values.ndim > 1 else 1
     flat = _scatter(values.reshape(len(values), width).astype(np.float32, copy=False), ok)
-    offsets = pa.array(np.arange(len(ok) + 1, dtype=np.int32) * width)
-    return pa.ListArray.from_arrays(offsets, pa.array(flat.reshape(-1)), mask=pa.array(~ok))
+    offsets = numbers(np.arange(len(ok) + 1, dtype=np.int32) * width)
+    return pa.ListArray.from_arrays(offsets, numbers(flat.reshape(-1)), mask=booleans(~ok))
 
 
 def _label_struct(indices: np.ndarray, scores: np.ndarray, labels: tuple[str, ...] | None,
                   mask: np.ndarray | None) -> pa.StructArray:
-    names = np.asarray(labels, dtype=object)[indices] if labels else indices.astype(str).astype(object)
+    names = [labels[i] for i in indices] if labels else [str(i) for i in indices]
     return pa.StructArray.from_arrays(
-        [pa.array(names, type=pa.string()), pa.array(indices.astype(np.int32)),
-         pa.array(scores.astype(np.float32))],
-        fields=list(LABEL_TYPE), mask=pa.array(mask) if mask is not None else None)
+        [strings(names), numbers(indices.astype(np.int32)), numbers(scores.astype(np.float32))],
+        fields=list(LABEL_TYPE), mask=booleans(mask) if mask is not None else None)
 
 
 def to_arrow(kind: str, outputs: np.ndarray, ok: np.ndarray, labels: tuple[str, ...] | None,
@@ -62,9 +62,9 @@ def to_arrow(kind: str, outputs: np.ndarray, ok: np.ndarray, labels: tuple[str, 
     top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
     top_scores = np.take_along_axis(probs, top, axis=1)
     per_row = np.where(ok, k, 0)
-    offsets = pa.array(np.concatenate([[0], np.cumsum(per_row)]).astype(np.int32))
+    offsets = numbers(np.concatenate([[0], np.cumsum(per_row)]).astype(np.int32))
     structs = _label_struct(top.reshape(-1), top_scores.reshape(-1), labels, None)
-    return pa.ListArray.from_arrays(offsets, structs, mask=pa.array(~ok))
+    return pa.ListArray.from_arrays(offsets, structs, mask=booleans(~ok))
 
 
 def with_errors(result: pa.Array, errors: list[tuple[int, BadInput]]) -> pa.StructArray:
@@ -74,7 +74,7 @@ def with_errors(result: pa.Array, errors: list[tuple[int, BadInput]]) -> pa.Stru
     messages: list[str | None] = [None] * len(result)
     for row, error in errors:
         kinds[row], messages[row] = error.kind, error.detail
-    good = pa.array([kind is None for kind in kinds])
-    error = pa.StructArray.from_arrays([pa.array(kinds, pa.string()), pa.array(messages, pa.string())],
+    good = booleans(np.array([kind is None for kind in kinds], dtype=bool))
+    error = pa.StructArray.from_arrays([strings(kinds), strings(messages)],
                                        fields=list(ERROR_TYPE), mask=good)
     return pa.StructArray.from_arrays([result, error], names=["result", "error"])

@@ -35,7 +35,7 @@ import pyarrow as pa
 from sqlinfer.models.flavors.base import Weights
 from sqlinfer.models.network import Network, Outputs
 from sqlinfer.models.plan import ModelPlan
-from sqlinfer.worker import decode_pool, text
+from sqlinfer.worker import arrow_numpy, decode_pool, text
 from sqlinfer.worker.arrow_outputs import to_arrow, with_errors
 from sqlinfer.worker.decode import BadInput, decode_image, read_tensor
 from sqlinfer.worker.device import choose_device, task_threads
@@ -100,10 +100,10 @@ def _values(array: pa.Array) -> list[Any]:
     if pa.types.is_list(array.type) or pa.types.is_large_list(array.type):
         # One numpy view per row instead of a Python float per element.
         values = array.flatten()
-        flat = values.to_numpy(zero_copy_only=False)
-        offsets = array.offsets.to_numpy()
+        flat = arrow_numpy.view(values)
+        offsets = arrow_numpy.view(array.offsets)
         offsets = offsets - offsets[0]  # a sliced array's offsets need not start at 0
-        nulls = array.is_null().to_numpy(zero_copy_only=False)
+        nulls = arrow_numpy.nulls(array)
         has_null_items = values.null_count > 0
         return [None if nulls[i] else (array[i].as_py() if has_null_items else flat[offsets[i]:offsets[i + 1]])
                 for i in range(len(array))]

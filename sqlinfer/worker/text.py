@@ -19,6 +19,7 @@ import pyarrow as pa
 
 from sqlinfer.models.flavors.base import Weights
 from sqlinfer.models.flavors.transformers import packed_settings
+from sqlinfer.worker.arrow_numpy import numbers
 from sqlinfer.worker.decode import BadInput
 
 if TYPE_CHECKING:
@@ -92,5 +93,5 @@ class LengthOrder:
                 order = self._orders.popleft()
                 inverse = np.empty_like(order)
                 inverse[order] = np.arange(len(order))
-                yield pa.concat_arrays(done).take(pa.array(inverse))
+                yield pa.concat_arrays(done).take(numbers(inverse))
                 done, rows = [], 0
