@@ -38,9 +38,9 @@ def strings(values: Sequence[str | None]) -> pa.Array:
     encoded = [b"" if value is None else value.encode() for value in values]
     offsets = np.zeros(len(encoded) + 1, dtype=np.int32)
     np.cumsum([len(value) for value in encoded], out=offsets[1:])
-    nulls = np.fromiter((value is None for value in values), dtype=bool, count=len(encoded))
-    null_count = int(nulls.sum())
-    validity = _bits(~nulls) if null_count else None
+    missing = np.fromiter((value is None for value in values), dtype=bool, count=len(encoded))
+    null_count = int(missing.sum())
+    validity = _bits(~missing) if null_count else None
     return pa.Array.from_buffers(pa.string(), len(encoded), [validity, pa.py_buffer(offsets),
                                                              pa.py_buffer(b"".join(encoded))], null_count)
 
