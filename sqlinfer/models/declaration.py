@@ -26,6 +26,7 @@ RETURN_TYPES: dict[str, str] = {
     "topk": f"array<{LABEL_STRUCT}>",
 }
 INPUT_TYPES: dict[str, str] = {"image": "binary", "tensor": "array<float>", "text": "string"}
+OutputKind = Literal["logits", "probabilities", "label", "topk", "embedding"]
 
 
 Size = int | tuple[int, int]
@@ -89,7 +90,8 @@ class ModelDecl(Strict):
     # output: embedding of a text model: L2-normalized or not; default: as the model folder says.
     normalize: bool | None = None
     preprocess: Preprocess | None = None
-    output: Literal["logits", "probabilities", "label", "topk", "embedding"] = "label"
+    # One kind, or several read off the same forward pass (a struct with a field per kind).
+    output: OutputKind | tuple[OutputKind, ...] = "label"
     k: int = Field(5, gt=0)
     labels: str | tuple[str, ...] | None = None
     # The weights and labels files must be inside the project folder (after following links)
@@ -109,6 +111,22 @@ class ModelDecl(Strict):
     def _yaml_null(cls, value: Any) -> Any:
         # `on_error: null` is YAML's null; it means the policy called "null".
         return "null" if value is None else value
+
+    @field_validator("output")
+    @classmethod
+    def _outputs(cls, value: str | tuple[str, ...]) -> str | tuple[str, ...]:
+        if isinstance(value, str):
+            return value
+        if not value:
+            raise ValueError("give at least one output kind")
+        repeated = sorted({kind for kind in value if value.count(kind) > 1})
+        if repeated:
+            raise ValueError(f"{', '.join(repeated)} listed twice")
+        if "embedding" in value and len(value) > 1:
+            # An embedding comes from another layer (or another head) than the class scores.
+            raise ValueError("embedding cannot be combined with other outputs: declare a second model "
+                             "with the same weights for it")
+        return value
 
     @field_validator("flavor")
     @classmethod
@@ -150,9 +168,17 @@ class ModelDecl(Strict):
         return self.udf or f"{self.name}_predict"
 
     @property
+    def output_kinds(self) -> tuple[str, ...]:
+        """The declared output kinds, in order (one for ``output: label``)."""
+        return (self.output,) if isinstance(self.output, str) else self.output
+
+    @property
     def return_type(self) -> str:
-        """The Spark SQL type the model's function returns."""
-        return RETURN_TYPES[self.output]
+        """The Spark SQL type the model's function returns: the output kind's, or for a list of
+        kinds a struct with a field per kind (``struct<label: ..., probabilities: ...>``)."""
+        if isinstance(self.output, str):
+            return RETURN_TYPES[self.output]
+        return f"struct<{','.join(f'{kind}:{RETURN_TYPES[kind]}' for kind in self.output)}>"
 
     @property
     def input_type(self) -> str:

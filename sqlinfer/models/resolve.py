@@ -131,7 +131,7 @@ def resolve(item: Located, root: Path) -> ResolvedModel:
     weights = flavor.load_weights(item, root)
     num_outputs = _check_network(item, weights, shape)
     labels = _labels(item, root, defaults.labels or flavor.labels_in(weights))
-    if labels is not None and len(labels) != num_outputs and decl.output in ("label", "topk"):
+    if labels is not None and len(labels) != num_outputs and {"label", "topk"} & set(decl.output_kinds):
         if decl.labels is None:
             labels = None  # the architecture's default names do not fit this head (e.g. num_classes=10)
         else:

@@ -67,6 +67,16 @@ def to_arrow(kind: str, outputs: np.ndarray, ok: np.ndarray, labels: tuple[str, 
     return pa.ListArray.from_arrays(offsets, structs, mask=booleans(~ok))
 
 
+def output_array(output: str | tuple[str, ...], outputs: np.ndarray, ok: np.ndarray,
+                 labels: tuple[str, ...] | None, k: int) -> pa.Array:
+    """A model's declared ``output``: one kind's array, or for a list of kinds a struct with a
+    field per kind, all read off the same network outputs (NULL for the rows that failed)."""
+    if isinstance(output, str):
+        return to_arrow(output, outputs, ok, labels, k)
+    fields = [to_arrow(kind, outputs, ok, labels, k) for kind in output]
+    return pa.StructArray.from_arrays(fields, names=list(output), mask=booleans(~ok))
+
+
 def with_errors(result: pa.Array, errors: list[tuple[int, BadInput]]) -> pa.StructArray:
     """``result`` and each row's error side by side: ``struct<result, error: struct<kind, message>>``;
     the error of a good row is NULL."""

@@ -36,7 +36,7 @@ from sqlinfer.models.flavors.base import Weights
 from sqlinfer.models.network import Network, Outputs
 from sqlinfer.models.plan import ModelPlan
 from sqlinfer.worker import arrow_numpy, decode_pool, text
-from sqlinfer.worker.arrow_outputs import to_arrow, with_errors
+from sqlinfer.worker.arrow_outputs import output_array, with_errors
 from sqlinfer.worker.decode import BadInput, decode_image, read_tensor
 from sqlinfer.worker.device import choose_device, task_threads
 from sqlinfer.worker.gpu_decode import decode_on_device, device_batch, route, wants_gpu_decode
@@ -370,7 +370,7 @@ class Running:
         started = time.perf_counter()
         plan = self.model.plan
         outputs = self.outputs.result() if self.outputs is not None else np.zeros((0, plan.num_outputs), np.float32)
-        result = to_arrow(plan.decl.output, outputs, self.batch.ok, plan.labels, plan.decl.k)
+        result = output_array(plan.decl.output, outputs, self.batch.ok, plan.labels, plan.decl.k)
         stats({"rows": len(self.batch.ok), "bad_rows": len(self.batch.errors), "batches": 1,
                "forward_seconds": self.seconds + time.perf_counter() - started,
                "decode_seconds": self.batch.seconds})

@@ -47,7 +47,7 @@ def test_sql_unknown_function_names_the_closest_model_function(digits_copy: Path
     assert all(line.startswith("warning: view ") for line in warnings), result.stderr
     assert error.startswith("error: [UNRESOLVED_ROUTINE] Cannot resolve routine `nope_predict`"), error
     assert error.endswith(" (did you mean 'digits_predict'?) (the project's model functions: digits_predict, "
-                          "digits_probabilities) "
+                          "digits_scores) "
                           f"(Spark's log: {digits_copy}/target/logs/spark.log) [sql.analysis]"), error
 
 

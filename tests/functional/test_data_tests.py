@@ -49,7 +49,7 @@ def test_the_digits_tests_pass_then_fail_exactly_on_planted_rows(spark, digits_c
     assert vocabulary.sample[0]["path"] == "planted.png" and vocabulary.sample[0]["predicted"] == "ten"
     schema = digits_copy / "sql" / "schema.yml"
     line = schema.read_text().splitlines().index("          - label_in_vocabulary            # the labels of "
-                                                 "digits, the model the node calls") + 1
+                                                 "digits_scores, the model the node calls") + 1
     assert any(text.startswith(f"  FAIL  label_in_vocabulary(digit_predictions.predicted): 1 failing rows "
                                f"({schema}:{line}), e.g. path=planted.png, split=test, label=3, predicted=ten")
                for text in lines), lines
@@ -91,8 +91,8 @@ PROBABILITY_TESTS = """\
 def test_probabilities_sum_to_one_and_a_warning_severity(spark, digits_copy: Path) -> None:
     database = own_database(digits_copy)
     (digits_copy / "sql" / "probs.sql").write_text(
-        "{{ config(materialized='table') }}\nSELECT path, digits_probabilities(content) AS p,\n"
-        "  digits_probabilities(content) AS q FROM {{ source('digits_images') }} WHERE split = 'test'\n")
+        "{{ config(materialized='table') }}\nSELECT path, s.probabilities AS p, s.probabilities AS q\n"
+        "FROM (SELECT path, digits_scores(content) AS s FROM {{ source('digits_images') }} WHERE split = 'test')\n")
     schema = digits_copy / "sql" / "schema.yml"
     schema.write_text(schema.read_text() + PROBABILITY_TESTS)
     (node,) = Project.load(digits_copy).build(spark, select=("probs",)).nodes

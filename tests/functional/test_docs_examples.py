@@ -162,8 +162,7 @@ def test_readme_build_and_queries(clone: Path, readme_build: subprocess.Complete
     output = ok(readme_build)
     # "the ... digits scored ... into a table, an incremental table keyed by file path, an accuracy
     # view and a confusion matrix" (450 digits here: the test split; test_python_api counts all 1,797)
-    assert re.search(r"OK +table digit_predictions created, 450 rows, scored: digits_predict 450, "
-                     r"digits_probabilities 450", output), output
+    assert re.search(r"OK +table digit_predictions created, 450 rows, 450 scored", output), output
     assert re.search(r"OK +incremental digit_predictions_incremental created, 450 rows, 450 scored", output)
     assert re.search(r"OK +view accuracy", output) and re.search(r"OK +view confusion_matrix", output)
     assert re.search(r"Done in [0-9.]+s: 4 ok, 0 error, 0 skipped\.", output), output
@@ -228,7 +227,8 @@ def test_python_api(tmp_path: Path) -> None:
 
     # What the example's comments say it prints.
     assert lines[:2] == ["digits_predict struct<label:string,index:int,score:float>",
-                         "digits_probabilities array<float>"]
+                         "digits_scores struct<label:struct<label:string,index:int,score:float>,"
+                         "probabilities:array<float>>"]
     assert f"\n# {lines[0]}\n# {lines[1]}\n" in code
     assert lines[2] == "1797" and re.search(r"print\(len\(rows\)\) +# 1797\n", code)
     totals = ast.literal_eval(lines[3])

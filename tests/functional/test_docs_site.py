@@ -61,9 +61,9 @@ def test_the_digits_docs_site_in_a_browser(spark, digits_copy: Path, tmp_path: P
     boxes, details, sql, errors = _browse(page.as_uri(), "node:digit_predictions", tmp_path / "digits.png")
     assert errors == []
     assert boxes == _expected_boxes(digits_copy) == [
-        "model:digits", "model:digits_probabilities", "node:accuracy", "node:confusion_matrix",
+        "model:digits", "model:digits_scores", "node:accuracy", "node:confusion_matrix",
         "node:digit_predictions", "node:digit_predictions_incremental", "source:digits_images"]
-    assert "digits_predict(content) AS pred, digits_probabilities(content) AS probabilities" in sql
+    assert "digits_scores(content) AS scores" in sql
     assert f"`{database}`.`digit_predictions`" in details
     assert "Every digit image with its predicted class and score." in details  # sql/schema.yml
     assert "predicted_index\tint" in details and "rows\t1797" in details  # the table's columns, the last build

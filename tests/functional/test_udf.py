@@ -302,7 +302,7 @@ def test_return_types_parsed_in_python_equal_sparks_own_parse(spark, output: str
 
 
 def test_two_declarations_of_one_network_share_one_broadcast(spark, digits_copy: Path) -> None:
-    """projects/digits declares its CNN twice (label, probabilities) with the same weights file. The
+    """projects/digits declares its CNN twice (label; label and probabilities) with the same weights file. The
     local master's workers read that file in place: nothing is broadcast. Where the weights are
     broadcast (a cluster master, generated weights), the two declarations share one broadcast."""
     from sqlinfer.models.udf import _broadcast
@@ -311,16 +311,20 @@ def test_two_declarations_of_one_network_share_one_broadcast(spark, digits_copy:
     before = set(shared)
     project = Project.load(digits_copy)
     project.register(spark)
-    label_model, probability_model = project.resolve_models()
+    label_model, scores_model = project.resolve_models()
     key = ("safetensors", label_model.weights.digest)
-    assert probability_model.weights.digest == label_model.weights.digest
+    assert scores_model.weights.digest == label_model.weights.digest
     assert set(shared) == before  # read in place
     loads = [_broadcast(spark.sparkContext, model.weights, lambda _counters: None)
-             for model in (label_model, probability_model)]
+             for model in (label_model, scores_model)]
     assert set(shared) - before == {key}
     assert loads[0]().data == loads[1]().data == label_model.weights.data
-    rows = spark.sql("SELECT digits_predict(content).index AS predicted, digits_probabilities(content) AS p "
+    rows = spark.sql("SELECT digits_predict(content) AS predicted, digits_scores(content) AS scores "
                      "FROM digits_images WHERE split = 'test' LIMIT 40").collect()
     assert len(rows) == 40
-    assert [int(np.argmax(row.p)) for row in rows] == [row.predicted for row in rows]
-    assert all(abs(sum(row.p) - 1) < 1e-4 for row in rows), rows[:3]
+    # One forward pass, two outputs: the same label as the label-only function, and its probabilities.
+    assert [row.scores.label for row in rows] == [row.predicted for row in rows]
+    assert [int(np.argmax(row.scores.probabilities)) for row in rows] == [row.predicted["index"] for row in rows]
+    assert [row.scores.probabilities[row.predicted["index"]] for row in rows] == pytest.approx(
+        [row.predicted.score for row in rows], rel=1e-6)
+    assert all(abs(sum(row.scores.probabilities) - 1) < 1e-4 for row in rows), rows[:3]

@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from sqlinfer.worker.arrow_outputs import LABEL_TYPE, softmax, to_arrow
+from sqlinfer.worker.arrow_outputs import LABEL_TYPE, output_array, softmax, to_arrow
 
 # Two good rows (the network's outputs) among three: row 1 failed to decode.
 OUTPUTS = np.array([[1.0, 3.0, 2.0], [0.5, -1.0, 4.0]], dtype=np.float32)
@@ -99,3 +99,13 @@ def test_embedding_of_any_width() -> None:
 def test_softmax_is_stable_for_large_logits() -> None:
     result = softmax(np.array([[1000.0, 1000.0], [0.0, -1000.0]]))
     np.testing.assert_allclose(result, [[0.5, 0.5], [1.0, 0.0]])
+
+
+def test_several_outputs_are_a_struct_of_each_kind_in_the_listed_order() -> None:
+    result = output_array(("probabilities", "label", "topk"), OUTPUTS, OK, LABELS, k=2)
+    assert result.type == pa.struct([("probabilities", pa.list_(pa.float32())), ("label", LABEL_TYPE),
+                                     ("topk", pa.list_(LABEL_TYPE))])
+    assert result.to_pylist()[1] is None and result.null_count == 1  # the bad row as a whole
+    for kind in ("probabilities", "label", "topk"):
+        assert result.field(kind).to_pylist() == to_arrow(kind, OUTPUTS, OK, LABELS, k=2).to_pylist()
+    assert output_array("label", OUTPUTS, OK, LABELS, k=2).type == LABEL_TYPE  # one kind: no struct

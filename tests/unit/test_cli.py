@@ -64,8 +64,8 @@ def test_models_lists_functions_and_types(digits_models: Path) -> None:
     assert label_cells[:6] == ["digits_predict", "python", "digits_net:DigitsCNN, weights/digits_cnn.safetensors",
                                "image (binary)", "struct<label:string,index:int,score:float>",
                                f"local file, {size / 1e6:,.1f} MB"]
-    assert probability_cells[:5] == ["digits_probabilities", "python", label_cells[2], "image (binary)",
-                                     "array<float>"]
+    assert probability_cells[:5] == ["digits_scores", "python", label_cells[2], "image (binary)",
+                                     "struct<label:struct<label:string,index:int,score:float>,probabilities:array<float>>"]
     # Same network and weights, another output: another fingerprint.
     assert len(label_cells[6]) == len(probability_cells[6]) == 12 and label_cells[6] != probability_cells[6]
 

@@ -14,7 +14,7 @@ from sqlinfer.errors import ConfigError
 def test_the_digits_schema_becomes_one_query_per_test(digits_models: Path) -> None:
     tests = {t.name: t for t in Project.load(digits_models).data_tests()}
     assert len(tests) == 11
-    # The node calls digits and digits_probabilities; the vocabulary is the one with labels.
+    # The node calls digits_scores; the vocabulary is its labels.
     vocabulary = tests["label_in_vocabulary(digit_predictions.predicted)"]
     assert vocabulary.failing_sql == ("SELECT * FROM `default`.`digit_predictions` WHERE `predicted` IS NOT NULL AND "
                                       "`predicted` NOT IN ('0', '1', '2', '3', '4', '5', '6', '7', '8', '9')")

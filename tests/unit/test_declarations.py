@@ -65,6 +65,19 @@ def test_good_declaration_resolves_with_defaults(tmp_path: Path, weights_file: P
     assert model.plan.decl.return_type == "array<struct<label:string,index:int,score:float>>"
 
 
+def test_a_list_of_outputs_returns_a_struct_with_a_field_per_kind(tmp_path: Path, weights_file: Path) -> None:
+    """docs/models.md's example: the struct its comment gives, fields in the listed order."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "models.md").read_text()
+    (line,) = [text for text in doc.splitlines() if text.strip().startswith("output: [label, probabilities]")]
+    declared, returns = line.split("#")
+    project = Project.load(project_with(tmp_path, weights_file, GOOD.replace("    output: topk\n", declared + "\n")))
+    (model,) = project.resolve_models()
+    assert model.plan.decl.output_kinds == ("label", "probabilities")
+    assert model.plan.decl.return_type == returns.strip().replace(" ", "") == (
+        "struct<label:struct<label:string,index:int,score:float>,probabilities:array<float>>")
+    assert model.plan.labels is not None and len(model.plan.labels) == 1000  # labels checked as for `label`
+
+
 @pytest.mark.parametrize(("change", "code", "line", "message"), [
     (("    k: 3\n", "    k: 3\n    colour: red\n"), "config.unknown_key", 9, "unknown key 'colour' in models['tiny']"),
     (("flavor: torchvision", "flavor: tensorflow"), "config.invalid_value", 3,
@@ -78,8 +91,16 @@ def test_good_declaration_resolves_with_defaults(tmp_path: Path, weights_file: P
     (("weights/net.safetensors", "../../etc/passwd"), "config.path_outside_project", 5,
      "model 'tiny': weights path '../../etc/passwd' leaves the project folder"),
     (("    k: 3\n", "    k: 0\n"), "config.invalid_value", 8, "models['tiny'].k: Input should be greater than 0"),
-    (("output: topk", "output: [topk]"), "config.invalid_value", 7,
+    (("output: topk", "output: tpk"), "config.invalid_value", 7,
      "models['tiny'].output: Input should be 'logits', 'probabilities', 'label', 'topk' or 'embedding'"),
+    (("output: topk", "output: [label, tpk]"), "config.invalid_value", 7,
+     "models['tiny'].output: Input should be 'logits', 'probabilities', 'label', 'topk' or 'embedding'"),
+    (("output: topk", "output: [topk, label, topk]"), "config.invalid_value", 7,
+     "models['tiny'].output: topk listed twice"),
+    (("output: topk", "output: []"), "config.invalid_value", 7, "models['tiny'].output: give at least one output kind"),
+    (("output: topk", "output: [label, embedding]"), "config.invalid_value", 7,
+     "models['tiny'].output: embedding cannot be combined with other outputs: declare a second model with the "
+     "same weights for it"),
     (("    k: 3\n", "    k: 3\n    kwargs: {num_classes: 10}\n"), "config.weights_mismatch", 5,
      "model 'tiny': the weights do not fit the network: Error(s) in loading state_dict for SqueezeNet:"),
     (("{resize: 40, crop: 32}", "{resize: 40, crop: null}"), "config.invalid_value", 6,

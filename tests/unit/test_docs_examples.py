@@ -81,6 +81,8 @@ RUN: dict[tuple[str, str], str] = {
     # docs/models.md
     ("docs/models.md", "name: resnet50"): f"{FUNCTIONAL}::test_models_example_compiles",
     ("docs/models.md", "resnet50_predict(content) AS pred FROM images"): f"{FUNCTIONAL}::test_models_example_compiles",
+    ("docs/models.md", "output: [label, probabilities]"):
+        "tests/unit/test_declarations.py::test_a_list_of_outputs_returns_a_struct_with_a_field_per_kind",
     ("docs/models.md", "allow_outside_project: true"):
         "tests/unit/test_security_weights.py::test_the_models_doc_example_allows_weights_outside_the_project",
     ("docs/models.md", "checked.error.kind, checked.error.message"): f"{FUNCTIONAL}::test_models_example_compiles",
@@ -188,6 +190,8 @@ NOT_RUN: dict[tuple[str, str], str] = {
     ("docs/performance.md", "reference + BN folded + channels_last | 55.2"):
         "the summary that run printed on the reference machine: other machines print other figures",
     ("docs/performance.md", "reference + BN folded + channels_last | 51.3"):
+        "the summary that run printed on the reference machine: other machines print other figures",
+    ("docs/performance.md", "reference + BN folded + channels_last | 52.8"):
         "the summary that run printed on the reference machine: other machines print other figures",
     ("docs/performance.md", "bench/run.py --device cuda"): "needs a CUDA GPU",
     ("docs/performance.md", "bench/worker_bench.py --device cuda"): "needs a CUDA GPU",

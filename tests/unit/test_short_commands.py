@@ -20,7 +20,7 @@ PLAIN_VIEW = "SELECT path FROM {{ source('digits_images') }}\n"
     ("SELECT count(*) FROM digits_images", False),
     ("SELECT * FROM accuracy", False),  # a view over a table: the model ran when the table was built
     ("SELECT digits_predict(content).label FROM digits_images", True),
-    ("select DIGITS_PROBABILITIES(content) from digits_images", True),
+    ("select DIGITS_SCORES(content) from digits_images", True),
     ("SELECT digits_predict_checked(content) FROM digits_images", True),
     ("SELECT * FROM on_the_fly", True),  # a view node that calls the model
     ("SELECT * FROM over_on_the_fly", True),  # a view reading that view
