@@ -177,7 +177,7 @@ class Materializer:
         note = None
         if not exists and backed_up:
             # Killed between the two renames: the old table is complete under the backup name.
-            self.spark.sql(f"ALTER TABLE {self.qualified(name + BACKUP)} RENAME TO {self.qualified(name)}")
+            self._rename(name + BACKUP, name)
             note = "restored the previous table after an interrupted build"
             exists = True
         else:
@@ -293,12 +293,30 @@ class Materializer:
     def _swap(self, name: str, exists: bool) -> None:
         """Give the staging table the node's name; the table there until now (``exists``) keeps the
         backup name until :meth:`drop_replaced`."""
-        staging, backup, target = (self.qualified(name + STAGING), self.qualified(name + BACKUP),
-                                   self.qualified(name))
         if exists:
-            self.spark.sql(f"ALTER TABLE {target} RENAME TO {backup}")
+            self._rename(name, name + BACKUP)
             self._replaced.append(name + BACKUP)
-        self.spark.sql(f"ALTER TABLE {staging} RENAME TO {target}")
+        self._rename(name + STAGING, name)
+
+    def _rename(self, old: str, new: str) -> None:
+        """Rename a table of this database (its folder moves with it).
+
+        ``ALTER TABLE .. RENAME`` first resolves the old table as a query (its files listed) to find
+        out whether its data is cached. When nothing is cached in this session (a build caches
+        nothing), the session catalog renames it directly, after dropping its cached metadata as
+        the statement does: on projects/digits the swap's first rename took 0.15-0.21 s instead
+        of 0.26-0.35 s, the second 0.04-0.06 s instead of 0.09-0.15 s (the rest is the
+        metastore's own work). With cached data the statement runs: it moves the cache too."""
+        if not self.spark._jsparkSession.sharedState().cacheManager().isEmpty():
+            self.spark.sql(f"ALTER TABLE {self.qualified(old)} RENAME TO {self.qualified(new)}")
+            return
+        jvm = self.spark._jvm
+        assert jvm is not None
+        catalog = self.spark._jsparkSession.sessionState().catalog()
+        identifier = jvm.org.apache.spark.sql.catalyst.TableIdentifier
+        database = jvm.scala.Some(self.database)
+        catalog.refreshTable(identifier(old, database))
+        catalog.renameTable(identifier(old, database), identifier(new, database))
 
     def drop_replaced(self) -> None:
         """Drop the tables this build's swaps replaced, and their data, once every node is built.

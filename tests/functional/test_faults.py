@@ -19,8 +19,8 @@ How each driver kill point is reached (``KILL_SCRIPT``, monkeypatching, no hook 
   ``CREATE TABLE ... kill_table__sqlinfer_new AS SELECT``.
 - table, mid-write: the model's ``forward`` SIGKILLs the driver and its JVM on the model's second
   batch, while the staging table's write job runs.
-- table, between the renames: ``spark.sql`` wrapped; the driver kills itself before the second
-  ``ALTER TABLE ... RENAME`` (the old table already renamed to ``kill_table__sqlinfer_old``).
+- table, between the renames: ``Materializer._rename`` wrapped; the driver kills itself before the
+  second rename (the old table already renamed to ``kill_table__sqlinfer_old``).
 - incremental, before the staging write: as for the table, on ``CREATE TABLE ... kill_inc__sqlinfer_new``.
 - incremental, after staging and before the append: ``DataFrameWriter.insertInto`` wrapped; the
   driver and its JVM are SIGKILLed instead of appending.
@@ -193,11 +193,18 @@ def sql(self, query, *args, **kwargs):
         die()
     if POINT == "inc.before_staging" and text.startswith("CREATE TABLE `default`.`kill_inc__sqlinfer_new`"):
         die()
-    if POINT == "table.between_renames" and text.startswith("ALTER TABLE `default`.`kill_table"):
-        renames.append(text)
+    return original_sql(self, query, *args, **kwargs)
+
+
+original_rename = Materializer._rename
+
+
+def rename(self, old, new):
+    if POINT == "table.between_renames" and old.startswith("kill_table"):
+        renames.append((old, new))
         if len(renames) == 2:
             die()
-    return original_sql(self, query, *args, **kwargs)
+    return original_rename(self, old, new)
 
 
 original_table = Materializer.table
@@ -251,6 +258,7 @@ def build(self, *args, **kwargs):
 
 SparkSession.sql = sql
 Materializer.table = table
+Materializer._rename = rename
 DataFrameWriter.insertInto = insert_into
 Runner.build = build
 
