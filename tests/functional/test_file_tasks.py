@@ -1,11 +1,12 @@
 """A binaryFile source's tasks, as Spark makes them (issue 15, item 2): equal numbers of files per
-task, several tasks per core, `files_per_task` per source."""
+task, several tasks per core (one for a small source), `files_per_task` per source."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from helpers import write_project
 
 from sqlinfer import Project
 from sqlinfer.build.sources import TASKS_PER_CORE
@@ -22,12 +23,26 @@ def rows_per_task(spark, view: str) -> list[int]:
     return sorted(row["count"] for row in counts)
 
 
-def test_the_files_make_equal_tasks_several_per_core(spark, digits_copy: Path) -> None:
+def test_a_small_source_makes_one_task_per_core(spark, digits_copy: Path) -> None:
     Project.load(digits_copy).register_sources(spark, ["digits_images"])
     counts = rows_per_task(spark, "digits_images")
-    assert len(counts) == spark.sparkContext.defaultParallelism * TASKS_PER_CORE == 8
+    assert len(counts) == spark.sparkContext.defaultParallelism == 2  # 0.3 MB of PNGs
     assert sum(counts) == DIGITS_FILES
     # Spark's pieces are at most 32 small files; the tasks differ by at most one piece.
+    assert max(counts) - min(counts) <= 32, counts
+
+
+def test_larger_files_make_equal_tasks_several_per_core(spark, tmp_path: Path) -> None:
+    """512 files of 64 KB (32 MB): 4 tasks per core, as for the bench's 1,000 JPEGs (46 MB)."""
+    root = write_project(tmp_path / "blobs", "models: []\n",
+                         "name: blobs\nsources:\n  blobs: {format: binaryFile, path: data}\n")
+    (root / "data").mkdir()
+    for index in range(512):
+        (root / "data" / f"{index:03d}.bin").write_bytes(bytes([index % 251]) * 65536)
+    Project.load(root).register_sources(spark, ["blobs"])
+    counts = rows_per_task(spark, "blobs")
+    assert len(counts) == spark.sparkContext.defaultParallelism * TASKS_PER_CORE == 8
+    assert sum(counts) == 512
     assert max(counts) - min(counts) <= 32, counts
 
 

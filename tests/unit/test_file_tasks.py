@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from sqlinfer.build.config import load_project_file
-from sqlinfer.build.sources import MAX_FILES_PER_TASK, TASKS_PER_CORE, task_count
+from sqlinfer.build.sources import MAX_FILES_PER_TASK, SMALL_TASK_BYTES, TASKS_PER_CORE, task_count
 from sqlinfer.errors import SqlinferError
 
 MB = 1024 * 1024
@@ -16,14 +16,16 @@ MB = 1024 * 1024
 
 @pytest.mark.parametrize(("files", "total_bytes", "cores", "expected"), [
     (1000, 46 * MB, 2, 2 * TASKS_PER_CORE),  # the bench's JPEGs: 4 tasks per core
-    (1797, 1 * MB, 2, 2 * TASKS_PER_CORE),  # digits
+    (1000, 10 * MB, 2, 4),  # thumbnails: tasks of at least SMALL_TASK_BYTES (4 MB), so 2 per core
+    (1797, 1 * MB, 2, 2),  # digits: a small source, one task per core
     (100_000, 500 * MB, 2, 98),  # many small files: at most 1,024 a task
     (1000, 20_000 * MB, 2, 157),  # big files: at most maxPartitionBytes (128 MB) a task
     (3, 1000, 16, 3),  # never more tasks than files
-    (40_000, 40 * MB, 64, 64 * TASKS_PER_CORE),  # a cluster's cores
+    (40_000, 4000 * MB, 64, 64 * TASKS_PER_CORE),  # a cluster's cores
+    (40_000, 40 * MB, 64, 64),  # small files on many cores: one task per core
 ])
 def test_task_count(files: int, total_bytes: int, cores: int, expected: int) -> None:
-    assert MAX_FILES_PER_TASK == 1024
+    assert (MAX_FILES_PER_TASK, SMALL_TASK_BYTES) == (1024, 4 * MB)
     assert task_count(files, total_bytes, cores, 128 * MB) == expected
 
 
