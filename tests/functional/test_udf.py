@@ -287,15 +287,16 @@ def test_workers_fork_from_the_early_daemon(spark) -> None:
         assert "sqlinfer.runtime.daemon --early" in row and row.endswith("torch=True"), row
 
 
-@pytest.mark.parametrize("output", ["logits", "probabilities", "embedding", "label", "topk"])
-def test_return_types_parsed_in_python_equal_sparks_own_parse(spark, output: str) -> None:
+@pytest.mark.parametrize("output", ["logits", "probabilities", "embedding", "label", "topk",
+                                    ("label", "probabilities"), ("topk", "logits")])
+def test_return_types_parsed_in_python_equal_sparks_own_parse(spark, output: str | tuple[str, ...]) -> None:
     """sqlinfer parses its return types without the JVM (udf.data_type); Spark's DDL parser must agree."""
     from pyspark.sql.types import _parse_datatype_string
 
-    from sqlinfer.models.declaration import RETURN_TYPES
+    from sqlinfer.models.declaration import ModelDecl
     from sqlinfer.models.udf import data_type
 
-    ddl = RETURN_TYPES[output]
+    ddl = ModelDecl.model_construct(output=output).return_type
     checked = f"struct<result: {ddl}, error: struct<kind: string, message: string>>"
     for text in (ddl, checked):
         assert data_type(text) == _parse_datatype_string(text)
@@ -328,3 +329,9 @@ def test_two_declarations_of_one_network_share_one_broadcast(spark, digits_copy:
     assert [row.scores.probabilities[row.predicted["index"]] for row in rows] == pytest.approx(
         [row.predicted.score for row in rows], rel=1e-6)
     assert all(abs(sum(row.scores.probabilities) - 1) < 1e-4 for row in rows), rows[:3]
+    # Its `_checked` twin: the struct under `result`, NULL with the reason for a row that is no image.
+    checked = spark.sql("SELECT digits_scores_checked(content) AS c FROM ((SELECT content FROM digits_images "
+                        "WHERE split = 'test' LIMIT 3) UNION ALL (SELECT CAST('not an image' AS BINARY)))").collect()
+    errors = sorted((row.c.error.kind if row.c.error else "") for row in checked)
+    assert errors == ["", "", "", "undecodable"], checked
+    assert sorted(len(row.c.result.probabilities) if row.c.result else 0 for row in checked) == [0, 10, 10, 10]
