@@ -46,12 +46,17 @@ def _label_struct(indices: np.ndarray, scores: np.ndarray, labels: tuple[str, ..
         fields=list(LABEL_TYPE), mask=booleans(mask) if mask is not None else None)
 
 
+def _probabilities(outputs: np.ndarray) -> np.ndarray:
+    return softmax(outputs.astype(np.float64)) if len(outputs) else outputs
+
+
 def to_arrow(kind: str, outputs: np.ndarray, ok: np.ndarray, labels: tuple[str, ...] | None,
-             k: int) -> pa.Array:
-    """``outputs`` holds one row per good input (``ok`` marks them among all rows)."""
+             k: int, probs: np.ndarray | None = None) -> pa.Array:
+    """``outputs`` holds one row per good input (``ok`` marks them among all rows); ``probs``,
+    their softmax, when the caller has it already."""
     if kind in ("logits", "embedding"):
         return _float_lists(outputs, ok)
-    probs = softmax(outputs.astype(np.float64)) if len(outputs) else outputs
+    probs = _probabilities(outputs) if probs is None else probs
     if kind == "probabilities":
         return _float_lists(probs, ok)
     if kind == "label":
@@ -73,7 +78,9 @@ def output_array(output: str | tuple[str, ...], outputs: np.ndarray, ok: np.ndar
     field per kind, all read off the same network outputs (NULL for the rows that failed)."""
     if isinstance(output, str):
         return to_arrow(output, outputs, ok, labels, k)
-    fields = [to_arrow(kind, outputs, ok, labels, k) for kind in output]
+    # The softmax once, for every listed kind that reads the class probabilities.
+    probs = _probabilities(outputs) if set(output) - {"logits", "embedding"} else None
+    fields = [to_arrow(kind, outputs, ok, labels, k, probs) for kind in output]
     return pa.StructArray.from_arrays(fields, names=list(output), mask=booleans(~ok))
 
 
