@@ -1,7 +1,8 @@
 #!/bin/sh
-# Builds sqlinfer-guard.jar (the SQL guard of `sqlinfer serve` and `sqlinfer sql --safe`) from
-# SqlGuard.java, offline: javac against the jars of the installed pyspark, with the JDK that runs
-# Spark (17 or later). Run it after changing SqlGuard.java or upgrading pyspark:
+# Builds sqlinfer-guard.jar from the .java files here (SqlGuard.java: the SQL guard of `sqlinfer serve`
+# and `sqlinfer sql --safe`; HiveFunctions.java: the server's guard against Hive's function registry),
+# offline: javac against the jars of the installed pyspark, with the JDK that runs Spark (17 or later).
+# Run it after changing a .java file or upgrading pyspark:
 #   sqlinfer/resources/build_guard.sh [PYTHON]      (default: the python3 on PATH)
 # tests/functional/test_serve_guard.py builds it again and compares the classes with the shipped jar.
 set -eu
@@ -11,7 +12,7 @@ out=${GUARD_JAR:-$here/sqlinfer-guard.jar}
 jars=$("$python" -c 'import os, pyspark; print(os.path.join(os.path.dirname(pyspark.__file__), "jars"))')
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-javac --release 17 -Xlint:deprecation -cp "$jars/*" -d "$work/classes" "$here/SqlGuard.java"
+javac --release 17 -Xlint:deprecation -cp "$jars/*" -d "$work/classes" "$here"/*.java
 # A fixed date and no manifest timestamps: the same source gives the same jar.
 jar --create --no-manifest --date=2024-01-01T00:00:00Z --file "$work/guard.jar" -C "$work/classes" .
 mv "$work/guard.jar" "$out"

@@ -364,6 +364,7 @@ def _serve_session(project: Project, spark: SparkSession, settings: Mapping[str,
         # Before the server starts: the first client must already find the functions and views protected
         # and its connection's settings refused.
         protect(spark, project, lock_settings=True)
+        skip_hive_function_registration(spark)
         server = ThriftServer(spark, settings)
         database = project.config.database if spark.catalog.databaseExists(project.config.database) else "default"
         endpoint = Endpoint(settings[BIND_HOST], server.port, database, settings)
@@ -382,6 +383,22 @@ def _serve_session(project: Project, spark: SparkSession, settings: Mapping[str,
         return endpoint
     finally:
         _shutdown(server, spark)
+
+
+def skip_hive_function_registration(spark: SparkSession) -> None:
+    """Keep Hive from loading its function registry when the Thrift server closes a client's session.
+
+    That close can make a new Hive object (on a pool thread that served another session), and a new Hive
+    registers Hive's functions once per JVM, which needs hive-llap classes PySpark lacks: the close fails
+    with NoClassDefFoundError and leaves Hive's registration stuck half-way. Spark never uses that
+    registry. The why in full: resources/HiveFunctions.java.
+    """
+    jvm = spark._jvm
+    assert jvm is not None
+    if not jvm.sqlinfer.guard.HiveFunctions.skipRegistration():
+        raise ServeError("cannot keep Hive from registering its functions (a Hive version in pyspark's jars that "
+                         "sqlinfer does not know), so client sessions could fail to close: reinstall sqlinfer "
+                         "with the supported pyspark", code="serve.guard_unavailable")
 
 
 def _open_metastore(spark: SparkSession, folder: Path | None) -> None:

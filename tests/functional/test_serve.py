@@ -337,6 +337,43 @@ def test_sigterm_stops_the_server_frees_the_port_and_leaves_no_process(digits: D
     assert "Traceback" not in server.stderr()
 
 
+
+# What a client session's close does in the server's JVM when its pool thread served another session
+# before: Hive.get with a configuration its cached Hive does not match, which makes a new Hive. The
+# close-time failure itself needs that thread reuse (seen once in a dozen CI runs); the same Hive.get
+# reproduces it on demand. "as served" is the server's session; "unguarded" leaves out
+# skip_hive_function_registration and must fail, or the check proves nothing.
+HIVE_GET = """
+import sys
+import sqlinfer
+from sqlinfer.serve.guard import allowed, guard_conf
+from sqlinfer.serve.server import skip_hive_function_registration
+
+project = sqlinfer.Project.load(sys.argv[1])
+spark = project.session(None, guard_conf({**project.config.spark, "spark.ui.enabled": "false"}, allowed(project)))
+spark.catalog.listDatabases()
+if sys.argv[2] == "as served":
+    skip_hive_function_registration(spark)
+jvm = spark._jvm
+try:
+    jvm.org.apache.hadoop.hive.ql.metadata.Hive.get(jvm.org.apache.hadoop.hive.conf.HiveConf())
+    print("made a new Hive")
+except Exception as exc:
+    print(exc)
+"""
+
+
+def test_a_new_hive_in_the_server_jvm_does_not_load_hives_function_registry(tmp_path: Path) -> None:
+    runs = {}
+    for mode in ("as served", "unguarded"):
+        project = copy_digits(tmp_path / mode.replace(" ", "_"), with_sql=False)
+        runs[mode] = subprocess.Popen([sys.executable, "-c", HIVE_GET, str(project), mode], cwd=project,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    outputs = {mode: proc.communicate(timeout=START_TIMEOUT_S) for mode, proc in runs.items()}
+    assert outputs["as served"][0].strip() == "made a new Hive", outputs["as served"][1][-3000:]
+    assert ("java.lang.NoClassDefFoundError: org/apache/hadoop/hive/llap/security/LlapSigner$Signable"
+            in outputs["unguarded"][0]), outputs["unguarded"]
+
 # --- authentication, TLS and the http transport ---------------------------------------------------------
 
 USER, PASSWORD, KEYSTORE_PASSWORD = "alice", "wonderland", "ks-secret-4721"
