@@ -220,7 +220,6 @@ def validation_error(exc: ValidationError, data: Any, path: Path, schema: type[B
     """
     err = exc.errors()[0]
     loc = tuple(err["loc"])
-    where = field_path(loc, data)
     if err["type"] == "extra_forbidden":
         key = str(loc[-1])
         in_where = f" in {field_path(loc[:-1], data)}" if len(loc) > 1 else ""
@@ -230,9 +229,25 @@ def validation_error(exc: ValidationError, data: Any, path: Path, schema: type[B
         in_where = f" in {field_path(loc[:-1], data)}" if len(loc) > 1 else ""
         message, code = f"missing key {loc[-1]!r}{in_where}", "config.missing_key"
     else:
+        # A wrong value is in the file: past it, pydantic names the union member it tried
+        # (`output.literal['logits',...]`), which the user never wrote.
+        where = field_path(present(loc, data), data)
         message = err["msg"].removeprefix("Value error, ")
         message, code = (f"{where}: {message}" if where else message), "config.invalid_value"
     return ConfigError(message, code=code, path=path, line=line_of(data, loc))
+
+
+def present(loc: Sequence[Any], data: Any) -> tuple[Any, ...]:
+    """The longest start of ``loc`` that names values in ``data``."""
+    node = data
+    for depth, part in enumerate(loc):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        else:
+            return tuple(loc[:depth])
+    return tuple(loc)
 
 
 def field_path(loc: Sequence[Any], data: Any) -> str:

@@ -93,6 +93,9 @@ def test_a_list_of_outputs_returns_a_struct_with_a_field_per_kind(tmp_path: Path
     (("    k: 3\n", "    k: 0\n"), "config.invalid_value", 8, "models['tiny'].k: Input should be greater than 0"),
     (("output: topk", "output: tpk"), "config.invalid_value", 7,
      "models['tiny'].output: Input should be 'logits', 'probabilities', 'label', 'topk' or 'embedding'"),
+    # A mapping: pydantic's location goes on into the union member it tried (`.literal[...]`).
+    (("output: topk", "output: {label: 1}"), "config.invalid_value", 7,
+     "models['tiny'].output: Input should be 'logits', 'probabilities', 'label', 'topk' or 'embedding'"),
     (("output: topk", "output: [label, tpk]"), "config.invalid_value", 7,
      "models['tiny'].output: Input should be 'logits', 'probabilities', 'label', 'topk' or 'embedding'"),
     (("output: topk", "output: [topk, label, topk]"), "config.invalid_value", 7,
