@@ -100,12 +100,13 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from sqlinfer.runtime.jvm import python_logs_to_spark_log, quiet_arrow_udf_hint
+        from sqlinfer.runtime.jvm import forget_spark_log, python_logs_to_spark_log, quiet_arrow_udf_hint
         from sqlinfer.runtime.spark_errors import jvm_ended, translate
 
         # Here, before any thread starts (see their docstrings).
         quiet_arrow_udf_hint()
         python_logs_to_spark_log()
+        forget_spark_log()
         try:
             return func(*args, **kwargs)
         except SqlinferError as exc:

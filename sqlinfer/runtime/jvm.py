@@ -47,6 +47,13 @@ def open_spark_log(path: Path) -> IO[bytes]:
     return path.open("ab")
 
 
+def forget_spark_log() -> None:
+    """A command begins: until it starts a JVM, it has no Spark log to name. (A command run in a
+    process that ran others before, as the tests and the Python API do, must not send its user to
+    the log of a JVM it never used.)"""
+    _SPARK_LOG.clear()
+
+
 def spark_log() -> Path | None:
     """The Spark log of the JVM this process started (:func:`open_spark_log`); None when it started none."""
     return _SPARK_LOG[0] if _SPARK_LOG else None

@@ -167,6 +167,23 @@ def test_non_loopback_bind_without_auth_is_refused(digits_models: Path, extra: t
     assert result.stderr.endswith("pass --insecure-no-auth. [serve.unsafe_bind]\n")
 
 
+def test_an_error_before_the_jvm_names_no_log_of_an_earlier_command(digits_models: Path, tmp_path: Path) -> None:
+    """In a process that started a JVM for an earlier command (the test suite's session, a Python API
+    user), a command that fails before starting one must not send its user to that JVM's log."""
+    from sqlinfer.runtime import jvm
+
+    earlier = tmp_path / "earlier" / "spark.log"
+    try:
+        jvm.open_spark_log(earlier).close()
+        assert jvm.spark_log() == earlier
+        result = run_sqlinfer("serve", str(digits_models), "--host", "0.0.0.0")
+    finally:
+        jvm.forget_spark_log()
+    assert result.exit_code == 1
+    assert "Spark's log" not in result.stderr, result.stderr
+    assert result.stderr.endswith("pass --insecure-no-auth. [serve.unsafe_bind]\n")
+
+
 def test_tls_without_a_keystore_fails_before_the_jvm(digits_models: Path, tmp_path: Path) -> None:
     missing = tmp_path / "no-such-keystore.p12"
     result = run_sqlinfer("serve", str(digits_models), "--conf", "hive.server2.use.SSL=true",
