@@ -229,25 +229,10 @@ def validation_error(exc: ValidationError, data: Any, path: Path, schema: type[B
         in_where = f" in {field_path(loc[:-1], data)}" if len(loc) > 1 else ""
         message, code = f"missing key {loc[-1]!r}{in_where}", "config.missing_key"
     else:
-        # A wrong value is in the file: past it, pydantic names the union member it tried
-        # (`output.literal['logits',...]`), which the user never wrote.
-        where = field_path(present(loc, data), data)
+        where = field_path(loc, data)
         message = err["msg"].removeprefix("Value error, ")
         message, code = (f"{where}: {message}" if where else message), "config.invalid_value"
     return ConfigError(message, code=code, path=path, line=line_of(data, loc))
-
-
-def present(loc: Sequence[Any], data: Any) -> tuple[Any, ...]:
-    """The longest start of ``loc`` that names values in ``data``."""
-    node = data
-    for depth, part in enumerate(loc):
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
-            node = node[part]
-        else:
-            return tuple(loc[:depth])
-    return tuple(loc)
 
 
 def field_path(loc: Sequence[Any], data: Any) -> str:
@@ -261,11 +246,13 @@ def field_path(loc: Sequence[Any], data: Any) -> str:
             name = item.get("name") if isinstance(item, dict) else None
             text += f"[{name!r}]" if isinstance(name, str) else f"[{part + 1}]"
             node = item
-        elif isinstance(node, dict) or node is None:
+        elif node is None or (isinstance(node, dict) and part in node):
             text += f".{part}" if text else str(part)
             node = node.get(part) if isinstance(node, dict) else None
         else:
-            break  # past the YAML value: pydantic names the union member it tried (`.int`)
+            # Past the YAML value, pydantic names the union member it tried (`crop.int`,
+            # `output.literal['logits',...]` for a mapping): the user never wrote those.
+            break
     return text
 
 

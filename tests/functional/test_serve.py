@@ -337,7 +337,6 @@ def test_sigterm_stops_the_server_frees_the_port_and_leaves_no_process(digits: D
     assert "Traceback" not in server.stderr()
 
 
-
 # What a client session's close does in the server's JVM when its pool thread served another session
 # before: Hive.get with a configuration its cached Hive does not match, which makes a new Hive. The
 # close-time failure itself needs that thread reuse (seen once in a dozen CI runs); the same Hive.get
@@ -373,6 +372,7 @@ def test_a_new_hive_in_the_server_jvm_does_not_load_hives_function_registry(tmp_
     assert outputs["as served"][0].strip() == "made a new Hive", outputs["as served"][1][-3000:]
     assert ("java.lang.NoClassDefFoundError: org/apache/hadoop/hive/llap/security/LlapSigner$Signable"
             in outputs["unguarded"][0]), outputs["unguarded"]
+
 
 # --- authentication, TLS and the http transport ---------------------------------------------------------
 
