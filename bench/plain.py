@@ -15,9 +15,18 @@ MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
 
+def import_torchvision() -> Any:
+    """torchvision without the torch._dynamo its import drags in (1 s of CPU per process): the
+    deferral sqlinfer's worker daemon applies (sqlinfer/models/torchvision_import.py), which a user
+    can copy in twenty lines, so the end-to-end script is given it too."""
+    from sqlinfer.models.torchvision_import import import_torchvision
+
+    return import_torchvision()
+
+
 def transform(size: int) -> Any:
     """Resize(size * 8/7) + CenterCrop(size) + ToTensor + Normalize: torchvision's ImageNet eval."""
-    from torchvision import transforms
+    transforms = import_torchvision().transforms
 
     return transforms.Compose([transforms.Resize(size * 256 // 224), transforms.CenterCrop(size),
                                transforms.ToTensor(), transforms.Normalize(MEAN, STD)])
@@ -30,9 +39,7 @@ def load_state(weights: Path) -> dict:
 
 
 def network(architecture: str, state: dict, device: str = "cpu") -> Any:
-    import torchvision
-
-    model = torchvision.models.get_model(architecture, weights=None)
+    model = import_torchvision().models.get_model(architecture, weights=None)
     model.load_state_dict(state)
     return model.eval().to(device)
 

@@ -47,8 +47,8 @@ PRELOAD = ("numpy", "PIL.Image", "PIL.BmpImagePlugin", "PIL.GifImagePlugin", "PI
            "pyspark.worker", "pyspark.sql.pandas.serializers", "sqlinfer.models.udf", "sqlinfer.worker.score")
 # What only some models' workers import (a flavor's ``worker_modules``), named by the driver in this
 # variable before the JVM starts, comma-separated (sqlinfer.project.Project.session); unset, the
-# daemon preloads torchvision. torchvision costs about 1 s of CPU to import (most of it
-# torch._dynamo, which torchvision.ops imports), wasted in a session whose models never use it.
+# daemon preloads torchvision. torchvision costs about 0.1 s of CPU to import (1.2 s with the
+# torch._dynamo its ops import, which sqlinfer defers), wasted in a session whose models never use it.
 EXTRA_ENV = "SQLINFER_DAEMON_PRELOAD_EXTRA"
 DEFAULT_EXTRA = ("torchvision",)
 # jemalloc (pyarrow's allocator) without its background purging thread: purging then happens on
@@ -77,9 +77,14 @@ def preload() -> float:
 
     started = time.perf_counter()
     os.environ.setdefault(*ARROW_JEMALLOC_CONF)
+    from sqlinfer.models.torchvision_import import import_torchvision
+
     for name in preload_modules():
         try:
-            importlib.import_module(name)
+            if name == "torchvision":
+                import_torchvision()  # without torch's compiler (sqlinfer/models/torchvision_import.py)
+            else:
+                importlib.import_module(name)
         except Exception:  # any import failure surfaces in the worker instead, where users see it
             continue
     if _threads() > 1:

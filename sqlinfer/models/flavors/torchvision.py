@@ -22,6 +22,7 @@ from sqlinfer.models.flavors.base import (
     state_tensors,
     weights_path,
 )
+from sqlinfer.models.torchvision_import import import_torchvision
 
 if TYPE_CHECKING:
     import torch
@@ -30,14 +31,14 @@ RANDOM = "random"
 
 
 def classification_models() -> list[str]:
-    import torchvision.models
+    torchvision = import_torchvision()
 
     return torchvision.models.list_models(module=torchvision.models)
 
 
 def _weights_enum(decl: ModelDecl) -> Any:
     """torchvision's WeightsEnum of the architecture, or None."""
-    import torchvision.models
+    torchvision = import_torchvision()
 
     try:
         return torchvision.models.get_model_weights(decl.architecture)
@@ -52,7 +53,7 @@ def _is_weights_name(decl: ModelDecl) -> bool:
 
 
 def _new(decl: ModelDecl) -> torch.nn.Module:
-    import torchvision.models
+    torchvision = import_torchvision()
 
     module: torch.nn.Module = torchvision.models.get_model(decl.architecture, weights=None, **decl.kwargs)
     return module
