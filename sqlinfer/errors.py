@@ -162,6 +162,9 @@ CODES: dict[str, tuple[type[SqlinferError], str]] = {
     "build.schema_change": (BuildError, "An incremental node's SELECT has other columns than its table: set "
                             "config(on_schema_change='append_new_columns' or 'sync_all_columns'), or rebuild "
                             "it with --full-refresh (docs/projects.md)."),
+    "build.swap_failed": (BuildError, "A rebuilt table's new files could not be moved into its folder (permissions, "
+                          "a file system that cannot rename folders): the table is unchanged, the next build "
+                          "removes the staging folder."),
     "build.too_many_bad_rows": (BuildError, "More input rows failed than the node's max_bad_rows / max_bad_fraction "
                                 "allow; the table is unchanged. Query the model's `<function>_checked` to see why."),
     # -- session ----------------------------------------------------------------------------------------

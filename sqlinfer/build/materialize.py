@@ -9,7 +9,12 @@
   old table, or the new one, complete under the node's name (killed between the two renames: the
   old one under ``<node>__sqlinfer_old``, and no table under the node's name until the next
   build); the next build finishes or undoes an interrupted swap and removes leftover staging data
-  first.
+  first. A table rebuilt with the same columns, format and options, in its database's own folder,
+  swaps *folders* instead (:meth:`Materializer._swap_folders`): the new files are written to the
+  staging folder without a staging table, the table's folder and the staging folder trade places
+  by two file-system renames, and the table keeps its metastore entry (one ALTER for its model
+  fingerprints); killed between those renames, the table reads as empty until the next build
+  moves the old folder back.
 - ``incremental``: the first build writes everything; later builds append only rows whose
   ``unique_key`` is not in the table yet, de-duplicated by key, scored into a staging table
   first and appended from there (the next build removes what a killed append left in the
@@ -71,6 +76,7 @@ class Materializer:
         self.database = database
         self._database_uri: str | None = None  # the database's folder, asked of the metastore once
         self._replaced: list[str] = []  # tables swapped out by this build, dropped by drop_replaced()
+        self._replaced_folders: list[str] = []  # folders swapped out by this build, deleted by drop_replaced()
 
     # -- names and catalog helpers ---------------------------------------------------------------
     def qualified(self, name: str) -> str:
@@ -175,7 +181,10 @@ class Materializer:
         existing = self._existing(name, name + STAGING, name + BACKUP)
         exists, staged, backed_up = ((n.lower() in existing) for n in (name, name + STAGING, name + BACKUP))
         note = None
-        if not exists and backed_up:
+        if exists and not backed_up and self._restore_folder(name):
+            # Killed between the two renames of a folder swap: the old files are whole in the backup folder.
+            note = "restored the previous table after an interrupted build"
+        elif not exists and backed_up:
             # Killed between the two renames: the old table is complete under the backup name.
             self._rename(name + BACKUP, name)
             note = "restored the previous table after an interrupted build"
@@ -186,6 +195,22 @@ class Materializer:
         if appends and exists and self._remove_unfinished_writes(name):
             note = "; ".join(x for x in (note, "removed the unfinished output of an interrupted append") if x)
         return note, exists
+
+    def _exists(self, location: str) -> bool:
+        fs, path = self._file_system(location)
+        return bool(fs.exists(path))
+
+    def _restore_folder(self, name: str) -> bool:
+        """Move the backup folder back where a folder swap took it from, if the table's folder is
+        missing (a build killed between the swap's two renames); True if it did."""
+        fs, backup = self._file_system(self._default_location(name + BACKUP))
+        if not fs.exists(backup):
+            return False
+        _, folder = self._file_system(self._default_location(name))
+        if fs.exists(folder):
+            return False  # the swap got past its second rename: the backup folder is only left over
+        self._move(fs, backup, folder)
+        return True
 
     # -- materializations ---------------------------------------------------------------------------
     def view(self, node: Node) -> Outcome:
@@ -217,36 +242,118 @@ class Materializer:
                          models: dict[str, str]) -> None:
         cfg = node.config
         partition = f"PARTITIONED BY ({', '.join(f'`{c}`' for c in cfg.partition_by)}) " if cfg.partition_by else ""
-        properties = {MODELS_PROPERTY: json.dumps(models, sort_keys=True), BUILT_BY_PROPERTY: node.name}
-        props = ", ".join(f"{literal(k)} = {literal(v)}" for k, v in properties.items())
+        props = ", ".join(f"{literal(k)} = {literal(v)}" for k, v in self._properties(node, models).items())
         self.spark.sql(f"CREATE TABLE {self.qualified(name)} USING {cfg.file_format} "
                        f"{self._options(cfg.file_format, schema)}{partition}"
                        f"TBLPROPERTIES ({props}) AS {frame_sql}")
 
+    @staticmethod
+    def _properties(node: Node, models: dict[str, str]) -> dict[str, str]:
+        """The table properties a build records: the model fingerprints and the node's name."""
+        return {MODELS_PROPERTY: json.dumps(models, sort_keys=True), BUILT_BY_PROPERTY: node.name}
+
+    def _table_options(self, file_format: str, schema: StructType) -> dict[str, str]:
+        """The options of a table of rows of ``schema`` (sqlinfer.build.write_options)."""
+        legacy = self.spark.conf.get("spark.sql.parquet.writeLegacyFormat", "false") == "true"
+        return write_options.table_options(file_format, schema, legacy)
+
     def _options(self, file_format: str, schema: StructType) -> str:
         """The OPTIONS clause (with a trailing space) for a table of rows of ``schema``, or ''."""
-        legacy = self.spark.conf.get("spark.sql.parquet.writeLegacyFormat", "false") == "true"
-        options = write_options.table_options(file_format, schema, legacy)
+        options = self._table_options(file_format, schema)
         if not options:
             return ""
         return f"OPTIONS ({', '.join(f'{literal(k)} = {literal(v)}' for k, v in options.items())}) "
 
     def table(self, node: Node, models: dict[str, str], check: Check = lambda: None,
               frame: DataFrame | None = None) -> Outcome:
-        """Write the node's SELECT (or ``frame``) into a staging table, then swap it in."""
+        """Write the node's SELECT (or ``frame``) into a staging table, then swap it in; or, for a
+        table that can keep its metastore entry (:meth:`_swappable_folder`), into a staging
+        folder, then swap folders."""
         note, existed = self.recover(node.name, appends=False)
         timeline.mark(f"node {node.name}: recovered")
-        rows = self._stage(node.name, self.spark.sql(node.sql) if frame is None else frame,
-                           self._create_as(node, models), check)
-        self._swap(node.name, existed)
+        frame = self.spark.sql(node.sql) if frame is None else frame
+        folder = self._swappable_folder(node, frame.schema) if existed else None
+        if folder is None:
+            rows = self._stage(node.name, frame, self._create_as(node, models), check)
+            self._swap(node.name, existed)
+        else:
+            staged = self._default_location(node.name + STAGING)
+            rows = self._stage(node.name, frame, self._write_files(node, staged), check,
+                               lambda: self.spark.read.format(node.config.file_format).load(staged))
+            self._swap_folders(node, folder, models)
         timeline.mark(f"node {node.name}: swapped")
         return Outcome(rows, "rebuilt" if existed else "created", note or "")
 
-    def _stage(self, name: str, frame: DataFrame, create: Create, check: Check) -> int:
+    def _swappable_folder(self, node: Node, schema: StructType) -> str | None:
+        """The folder of the node's table if a rebuild may swap folders instead of tables, else None.
+
+        A table swap costs the metastore a staging table, two renames and a drop, all on the
+        build's critical path: the bench's rebuild ends 0.35 s sooner with folders swapped
+        (the replaced table's drop 0.28-0.45 s, the folder's delete 0.03-0.05 s). Swapping folders
+        leaves the metastore entry as it is, so the entry must already be exactly what the new
+        rows need: a managed, unpartitioned, unbucketed table of the node's file format in its
+        database's own folder (where recover() finds the backup folder; the folder must be there),
+        with the same columns and types and the same OPTIONS. With data cached in this session (which a build does not
+        do), the table swap runs instead: it moves the cache too."""
+        from pyspark.sql.types import StructType
+
+        if node.config.partition_by or not self.spark._jsparkSession.sharedState().cacheManager().isEmpty():
+            return None
+        table = self._external_catalog().getTable(self.database, node.name)
+        folder = self._default_location(node.name)
+        options = {k: v for k, v in _scala_dict(table.storage().properties()).items() if k != "path"}
+        same = (table.tableType().name() == "MANAGED"
+                and table.provider().isDefined() and table.provider().get().lower() == node.config.file_format.lower()
+                and table.partitionColumnNames().isEmpty() and not table.bucketSpec().isDefined()
+                and str(table.location()).rstrip("/") == folder and self._exists(folder)
+                and StructType.fromJson(json.loads(table.schema().json())).simpleString() == schema.simpleString()
+                and options == self._table_options(node.config.file_format, schema))
+        return folder if same else None
+
+    def _write_files(self, node: Node, folder: str) -> Create:
+        """Writes the staged rows into ``folder`` (no table) with the table's OPTIONS."""
+        def write(select: str, schema: StructType) -> None:
+            options = self._table_options(node.config.file_format, schema)
+            self.spark.sql(select).write.format(node.config.file_format).options(**options).save(folder)
+        return write
+
+    def _swap_folders(self, node: Node, folder: str, models: dict[str, str]) -> None:
+        """Give the table the staging folder's files: its folder becomes the backup folder (deleted
+        by :meth:`drop_replaced`), the staging folder takes its place, then the table's model
+        fingerprints are recorded. In that order, a build killed at any point leaves a table whose
+        fingerprints never claim rows the old models scored (at worst old fingerprints over new
+        rows: a full refresh more, for an incremental table reading them), and recover() moves
+        the old folder back if the second rename did not happen. The ALTER also has the
+        metastore count the new files (the table's size statistics, which Spark's planner reads)."""
+        fs, path = self._file_system(folder)
+        _, backup = self._file_system(self._default_location(node.name + BACKUP))
+        _, staged = self._file_system(self._default_location(node.name + STAGING))
+        self._move(fs, path, backup)
+        try:
+            self._move(fs, staged, path)
+        except Exception:
+            self._move(fs, backup, path)  # the old files back: readers of the table see them again
+            raise
+        self._replaced_folders.append(str(backup))
+        properties = ", ".join(f"{literal(k)} = {literal(v)}" for k, v in self._properties(node, models).items())
+        # The statement also drops the session's cached listing of the table's files.
+        self.spark.sql(f"ALTER TABLE {self.qualified(node.name)} SET TBLPROPERTIES ({properties})")
+
+    @staticmethod
+    def _move(fs: Any, source: Any, destination: Any) -> None:
+        """Rename a folder. Hadoop's rename moves a folder *into* a destination that exists, and
+        reports a failure by returning False, so both are checked."""
+        if fs.exists(destination) or not fs.rename(source, destination):
+            raise BuildError(f"could not move {source} to {destination} (the table is unchanged)",
+                             code="build.swap_failed")
+
+    def _stage(self, name: str, frame: DataFrame, create: Create, check: Check,
+               staged: Callable[[], DataFrame] | None = None) -> int:
         """Write ``frame`` into the staging table (``create`` runs the CREATE TABLE of it, given
-        the SELECT to write and its rows' schema), run ``check`` on it and return how many rows
-        it has. If the write fails or the check refuses, the staging table and its folder are
-        removed (the node's table is untouched) and the error goes through.
+        the SELECT to write and its rows' schema; or writes the staging folder, read back by
+        ``staged``), run ``check`` on it and return how many rows it has. If the write fails or
+        the check refuses, the staging table and its folder are removed (the node's table is
+        untouched) and the error goes through.
 
         The rows are counted as the write passes them (an observed metric), not by reading the
         staging table again: that was a second job per node (0.2-0.3 s on projects/digits).
@@ -264,7 +371,8 @@ class Materializer:
             create(f"SELECT * FROM {STAGED_VIEW}", frame.schema)
             timeline.mark(f"node {name}: written")
             check()
-            return self._rows_written(observation, name)
+            recount = staged or (lambda: self.spark.table(self.qualified(name + STAGING)))
+            return self._rows_written(observation, recount)
         except Exception:
             self._remove_staging(name)
             raise
@@ -274,13 +382,14 @@ class Materializer:
             except Exception:  # the JVM is gone: the error on its way out is the one to report
                 pass
 
-    def _rows_written(self, observation: Any, name: str) -> int:
-        """The rows the staging write observed; counted from the staging table if Spark did not
-        report them (it does when the write returns, in the Spark versions sqlinfer supports)."""
+    @staticmethod
+    def _rows_written(observation: Any, staged: Callable[[], DataFrame]) -> int:
+        """The rows the staging write observed; counted from what it wrote (``staged``) if Spark
+        did not report them (it does when the write returns, in the Spark versions sqlinfer supports)."""
         written = observation._jo.future().value()  # scala Option[Try[Row]]: empty while pending
         if written.isDefined() and written.get().isSuccess():
             return int(written.get().get().getLong(0))
-        return int(self.spark.table(self.qualified(name + STAGING)).count())
+        return int(staged().count())
 
     def _remove_staging(self, name: str) -> None:
         """Drop the staging table and its folder after a failure, without hiding that failure: if
@@ -330,7 +439,14 @@ class Materializer:
                 self._drop_with_data(name)
             except Exception:  # left for the next build's recover(); the new tables are in place
                 continue
+        for folder in self._replaced_folders:
+            try:
+                fs, path = self._file_system(folder)
+                fs.delete(path, True)
+            except Exception:  # the same
+                continue
         self._replaced.clear()
+        self._replaced_folders.clear()
 
     def incremental(self, node: Node, incremental_sql: str, models: dict[str, str], rebuild: bool,
                     reason: str, check: Check = lambda: None) -> Outcome:
@@ -429,3 +545,9 @@ class Materializer:
                         self._create_as(node, models), lambda: None)
             self._swap(node.name, True)
         return f"schema change ({mode}): {described}"
+
+
+def _scala_dict(mapping: Any) -> dict[str, str]:
+    """A Scala Map of strings (through py4j) as a dict."""
+    entries = mapping.toList()
+    return {str(entries.apply(i)._1()): str(entries.apply(i)._2()) for i in range(entries.size())}

@@ -109,15 +109,22 @@ def test_digits_builds_every_node_twice_identically(spark, digits_copy: Path) ->
     assert "digit_predictions" in folders and "digit_predictions__sqlinfer_old" not in folders
 
 
-def test_a_cached_table_is_read_afresh_after_its_rebuild(spark, tmp_path: Path) -> None:
-    """A build renames tables through the session catalog, which skips ALTER TABLE's look-up of
-    cached data, only while nothing is cached (Materializer._rename): with the node's table cached
-    (a CACHE TABLE in a `sqlinfer serve` session, say), the rebuilt table is what queries read."""
-    root = write_project(tmp_path / "cached", "models: []\n")
-    database = own_database(root)
+def table_node_project(root: Path, select: str) -> tuple[Path, Path, str]:
+    """A project without models whose one node, sql/numbers.sql, is a table of ``select``:
+    its folder, the node's file and its database."""
+    write_project(root, "models: []\n")
     (root / "sql").mkdir()
     node = root / "sql" / "numbers.sql"
-    node.write_text("{{ config(materialized='table') }}\nSELECT id FROM range(3)\n")
+    node.write_text(f"{{{{ config(materialized='table') }}}}\n{select}\n")
+    return root, node, own_database(root)
+
+
+def test_a_cached_table_is_read_afresh_after_its_rebuild(spark, tmp_path: Path) -> None:
+    """A build swaps folders, or renames tables through the session catalog (which skips ALTER
+    TABLE's look-up of cached data), only while nothing is cached (Materializer._swappable_folder,
+    _rename): with the node's table cached (a CACHE TABLE in a `sqlinfer serve` session, say), the
+    rebuilt table is what queries read."""
+    root, node, database = table_node_project(tmp_path / "cached", "SELECT id FROM range(3)")
     assert Project.load(root).build(spark).success
     spark.sql(f"CACHE TABLE `{database}`.`numbers`")
     try:
@@ -128,6 +135,42 @@ def test_a_cached_table_is_read_afresh_after_its_rebuild(spark, tmp_path: Path) 
         assert sorted(r.id for r in spark.table(f"{database}.numbers").collect()) == [0, 1, 2, 3, 4]
     finally:
         spark.catalog.clearCache()
+
+
+def test_a_rebuild_with_the_same_columns_swaps_folders_and_keeps_the_tables_entry(spark, tmp_path: Path) -> None:
+    """A table rebuilt with the same columns keeps its metastore entry (Materializer._swap_folders):
+    new files, the model fingerprints recorded again, the size statistics Spark's planner reads
+    counted afresh, nothing left beside it; new columns still get a new table."""
+    root, node, database = table_node_project(tmp_path / "folders",
+                                              "SELECT id, CAST(id AS FLOAT) AS score FROM range(3)")
+    assert Project.load(root).build(spark).success
+    table = f"`{database}`.`numbers`"
+
+    def described() -> dict[str, str]:
+        return {r.col_name: r.data_type for r in spark.sql(f"DESCRIBE TABLE EXTENDED {table}").collect()}
+
+    # A stale fingerprint, as an older build with another model would have left it, and a property
+    # of the user's own, which only the same metastore entry keeps.
+    spark.sql(f"ALTER TABLE {table} SET TBLPROPERTIES ('sqlinfer.models' = '{{\"old\": \"x\"}}', "
+              "'team' = 'vision')")
+    node.write_text("{{ config(materialized='table') }}\nSELECT id, CAST(id AS FLOAT) AS score FROM range(5000)\n")
+    (result,) = Project.load(root).build(spark).nodes
+    assert (result.status, result.action, result.rows) == ("success", "rebuilt", 5000)
+    after = described()
+    assert "team=vision" in after["Table Properties"]  # the same entry: folders were swapped, not tables
+    assert "sqlinfer.models={}" in after["Table Properties"]
+    folder = Path(after["Location"].removeprefix("file:"))
+    data_bytes = sum(f.stat().st_size for f in folder.glob("part-*"))
+    assert after["Statistics"] == f"{data_bytes} bytes, 0 rows"  # the new files', not the old ones'
+    assert spark.table(table).count() == 5000
+    assert sorted(p.name for p in folder.parent.iterdir() if p.name.startswith("numbers")) == ["numbers"]
+
+    node.write_text("{{ config(materialized='table') }}\nSELECT id, CAST(id AS FLOAT) AS score, 'x' AS label "
+                    "FROM range(4)\n")
+    (result,) = Project.load(root).build(spark).nodes
+    assert (result.status, result.action, result.rows) == ("success", "rebuilt", 4)
+    assert spark.table(table).columns == ["id", "score", "label"]
+    assert "team=vision" not in described()["Table Properties"]  # a new entry: tables were swapped
 
 
 def test_float_columns_written_without_dictionary(spark, tmp_path: Path) -> None:

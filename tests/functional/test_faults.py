@@ -15,13 +15,15 @@ worker from outside (item 2), or to SIGKILL the driver on its Nth batch (item 3,
 no control file it is the digits CNN, so every table is compared with an undisturbed reference.
 
 How each driver kill point is reached (``KILL_SCRIPT``, monkeypatching, no hook in the product):
-- table, before the write: ``spark.sql`` wrapped; the driver kills itself instead of running the
-  ``CREATE TABLE ... kill_table__sqlinfer_new AS SELECT``.
+- table, before the write: ``DataFrameWriter.save`` wrapped; the driver kills itself instead of
+  writing the files of ``kill_table``'s rebuild into its staging folder (a rebuild with the same
+  columns swaps folders, not tables: Materializer._swap_folders).
 - table, mid-write: the model's ``forward`` SIGKILLs the driver and its JVM on the model's second
-  batch, while the staging table's write job runs.
-- table, between the renames: ``Materializer._rename`` wrapped; the driver kills itself before the
-  second rename (the old table already renamed to ``kill_table__sqlinfer_old``).
-- incremental, before the staging write: as for the table, on ``CREATE TABLE ... kill_inc__sqlinfer_new``.
+  batch, while the staging write job runs.
+- table, between the renames: ``Materializer._move`` wrapped; the driver kills itself before the
+  second rename (the table's folder already renamed to ``kill_table__sqlinfer_old``).
+- incremental, before the staging write: ``spark.sql`` wrapped; the driver kills itself instead
+  of running the ``CREATE TABLE ... kill_inc__sqlinfer_new AS SELECT``.
 - incremental, after staging and before the append: ``DataFrameWriter.insertInto`` wrapped; the
   driver and its JVM are SIGKILLed instead of appending.
 - incremental, mid-append: ``insertInto`` wrapped to append the same rows through a pass-through
@@ -189,22 +191,29 @@ renames = []
 
 def sql(self, query, *args, **kwargs):
     text = " ".join(query.split())
-    if POINT == "table.before_write" and text.startswith("CREATE TABLE `default`.`kill_table__sqlinfer_new`"):
-        die()
     if POINT == "inc.before_staging" and text.startswith("CREATE TABLE `default`.`kill_inc__sqlinfer_new`"):
         die()
     return original_sql(self, query, *args, **kwargs)
 
 
-original_rename = Materializer._rename
+original_save = DataFrameWriter.save
 
 
-def rename(self, old, new):
-    if POINT == "table.between_renames" and old.startswith("kill_table"):
-        renames.append((old, new))
+def save(self, path=None, *args, **kwargs):
+    if POINT == "table.before_write" and str(path).endswith("/kill_table__sqlinfer_new"):
+        die()
+    return original_save(self, path, *args, **kwargs)
+
+
+original_move = Materializer._move
+
+
+def move(fs, source, destination):
+    if POINT == "table.between_renames" and "/kill_table" in str(source):
+        renames.append((str(source), str(destination)))
         if len(renames) == 2:
             die()
-    return original_rename(self, old, new)
+    return original_move(fs, source, destination)
 
 
 original_table = Materializer.table
@@ -258,7 +267,8 @@ def build(self, *args, **kwargs):
 
 SparkSession.sql = sql
 Materializer.table = table
-Materializer._rename = rename
+Materializer._move = staticmethod(move)
+DataFrameWriter.save = save
 DataFrameWriter.insertInto = insert_into
 Runner.build = build
 
@@ -492,7 +502,7 @@ def test_driver_killed_keeps_tables_and_the_rerun_recovers(faults: Faults, pair:
     jvm_seconds = wait_gone(left)
     print(f"{pair.table}: the killed driver's JVM and Python daemon ended by themselves {jvm_seconds:.1f}s later")
     if pair.table == "table.between_renames":
-        # The name is free until the next build: the previous rows are whole under the backup name.
+        # The table has no folder until the next build: the previous rows are whole in the backup folder.
         assert faults.rows("kill_table") is None
         assert faults.rows("kill_table__sqlinfer_old") == table_before
     else:
@@ -505,8 +515,8 @@ def test_driver_killed_keeps_tables_and_the_rerun_recovers(faults: Faults, pair:
     left = killed_build(faults, pair.incremental, "kill_inc", tmp_path / "dump_inc.json", n_inc=n_inc)
     catalog = json.loads((tmp_path / "dump_inc.json").read_text())
     if pair.table == "table.between_renames":
-        assert "kill_table" not in catalog
-        assert [tuple(r) for r in catalog["kill_table__sqlinfer_old"]] == table_before
+        # The entry stayed (folders were swapped, not tables) and reads as empty; no backup table.
+        assert catalog["kill_table"] == [] and "kill_table__sqlinfer_old" not in catalog
     else:
         assert [tuple(r) for r in catalog["kill_table"]] == table_before
     assert [tuple(r) for r in catalog["kill_inc"]] == inc_before
