@@ -242,10 +242,9 @@ class Materializer:
                          models: dict[str, str]) -> None:
         cfg = node.config
         partition = f"PARTITIONED BY ({', '.join(f'`{c}`' for c in cfg.partition_by)}) " if cfg.partition_by else ""
-        props = ", ".join(f"{literal(k)} = {literal(v)}" for k, v in self._properties(node, models).items())
         self.spark.sql(f"CREATE TABLE {self.qualified(name)} USING {cfg.file_format} "
                        f"{self._options(cfg.file_format, schema)}{partition}"
-                       f"TBLPROPERTIES ({props}) AS {frame_sql}")
+                       f"TBLPROPERTIES ({_pairs(self._properties(node, models))}) AS {frame_sql}")
 
     @staticmethod
     def _properties(node: Node, models: dict[str, str]) -> dict[str, str]:
@@ -262,7 +261,7 @@ class Materializer:
         options = self._table_options(file_format, schema)
         if not options:
             return ""
-        return f"OPTIONS ({', '.join(f'{literal(k)} = {literal(v)}' for k, v in options.items())}) "
+        return f"OPTIONS ({_pairs(options)}) "
 
     def table(self, node: Node, models: dict[str, str], check: Check = lambda: None,
               frame: DataFrame | None = None) -> Outcome:
@@ -292,9 +291,9 @@ class Materializer:
         (the replaced table's drop 0.28-0.45 s, the folder's delete 0.03-0.05 s). Swapping folders
         leaves the metastore entry as it is, so the entry must already be exactly what the new
         rows need: a managed, unpartitioned, unbucketed table of the node's file format in its
-        database's own folder (where recover() finds the backup folder; the folder must be there),
-        with the same columns and types and the same OPTIONS. With data cached in this session (which a build does not
-        do), the table swap runs instead: it moves the cache too."""
+        database's own folder (where recover() finds the backup folder; the folder must be
+        there), with the same columns and types and the same OPTIONS. With data cached in this
+        session (which a build does not do), the table swap runs instead: it moves the cache too."""
         from pyspark.sql.types import StructType
 
         if node.config.partition_by or not self.spark._jsparkSession.sharedState().cacheManager().isEmpty():
@@ -335,9 +334,9 @@ class Materializer:
             self._move(fs, backup, path)  # the old files back: readers of the table see them again
             raise
         self._replaced_folders.append(str(backup))
-        properties = ", ".join(f"{literal(k)} = {literal(v)}" for k, v in self._properties(node, models).items())
         # The statement also drops the session's cached listing of the table's files.
-        self.spark.sql(f"ALTER TABLE {self.qualified(node.name)} SET TBLPROPERTIES ({properties})")
+        self.spark.sql(f"ALTER TABLE {self.qualified(node.name)} SET TBLPROPERTIES "
+                       f"({_pairs(self._properties(node, models))})")
 
     @staticmethod
     def _move(fs: Any, source: Any, destination: Any) -> None:
@@ -545,6 +544,11 @@ class Materializer:
                         self._create_as(node, models), lambda: None)
             self._swap(node.name, True)
         return f"schema change ({mode}): {described}"
+
+
+def _pairs(mapping: dict[str, str]) -> str:
+    """``'key' = 'value', ...``: the body of an OPTIONS or TBLPROPERTIES clause."""
+    return ", ".join(f"{literal(k)} = {literal(v)}" for k, v in mapping.items())
 
 
 def _scala_dict(mapping: Any) -> dict[str, str]:
