@@ -8,10 +8,12 @@ into an immediate error that names the folder and the process holding it. Nothin
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
 from sqlinfer.errors import SessionError
+from sqlinfer.runtime.settings import HIVE_SCRATCH
 
 # What Derby says, deep in a Spark error, when another JVM has the database open.
 DERBY_LOCKED = "Another instance of Derby may have already booted the database"
@@ -105,3 +107,15 @@ def ensure_metastore_free(settings: Mapping[str, str], command: str = "") -> Non
     holder = metastore_holder(folder) if folder else None
     if folder and holder:
         raise metastore_busy_error(folder, holder, command)
+
+
+def clear_hive_scratch(settings: Mapping[str, str], target: Path) -> None:
+    """Remove the Hive session folders that ended processes left under ``target``
+    (:data:`sqlinfer.runtime.settings.HIVE_SCRATCH`): Hive deletes a session's folder only when the
+    session is closed, and the metastore client's session never is. Only for the embedded Derby
+    metastore, once :func:`ensure_metastore_free` has found it free: no other process can have a
+    Hive session on this project then. With another metastore, several processes may share the
+    project's folder at once, and its folders are left alone."""
+    embedded = derby_folder(settings.get("spark.hadoop.javax.jdo.option.ConnectionURL", "")) is not None
+    if embedded and not settings.get("spark.hadoop.hive.metastore.uris"):
+        shutil.rmtree(target / HIVE_SCRATCH, ignore_errors=True)

@@ -41,7 +41,7 @@ def build_session(target: Path, master: str | None = None, conf: Mapping[str, An
     from pyspark import SparkContext
     from pyspark.sql import SparkSession
 
-    from sqlinfer.runtime.metastore import ensure_metastore_free
+    from sqlinfer.runtime.metastore import clear_hive_scratch, ensure_metastore_free
 
     timeline.mark("PySpark imported")
     quiet_arrow_udf_hint()
@@ -49,6 +49,8 @@ def build_session(target: Path, master: str | None = None, conf: Mapping[str, An
     ensure_metastore_free(settings)
     new_jvm = SparkContext._gateway is None  # else getOrCreate reuses it
     new_context = SparkContext._active_spark_context is None
+    if new_jvm:
+        clear_hive_scratch(settings, target.resolve())
     local = is_local(settings["spark.master"])
     archive = _class_archive(settings) if new_jvm and local else jvm_cache.Plan(None, write=False)
     if (new_jvm and local and settings[WARM_UP_WORKERS] == "true"

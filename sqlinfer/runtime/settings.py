@@ -29,6 +29,12 @@ LOG_CONFIG = Path(__file__).parent.parent / "resources" / "log4j2.properties"
 # them to stderr), the Python workers' output (the JVM copies it to its stderr) and the Java
 # launcher's own messages. The terminal keeps sqlinfer's own lines only (docs/errors.md).
 SPARK_LOG = Path("logs") / "spark.log"
+# Where the Hive client's session folders go, under the project's target/ instead of /tmp. Hive
+# makes a ``<session id>_resources`` folder for every session it starts and deletes it only when
+# the session is closed, which the metastore client's session never is: one empty folder left in
+# /tmp by every command that opened the metastore (hundreds a day on a busy machine). Here they
+# are the project's, and the next session clears them (sqlinfer.runtime.metastore).
+HIVE_SCRATCH = Path("tmp") / "hive"
 
 
 def spark_log_path(target: Path) -> Path:
@@ -50,6 +56,8 @@ def session_conf(target: Path, master: str | None, conf: Mapping[str, Any]) -> d
         "spark.sql.warehouse.dir": str(target / "warehouse"),
         "spark.hadoop.javax.jdo.option.ConnectionURL":
             f"jdbc:derby:;databaseName={target / 'metastore_db'};create=true",
+        # Hadoop's configuration fills in ${hive.session.id}: one folder per Hive session, as Hive's default.
+        "spark.hadoop.hive.downloaded.resources.dir": str(target / HIVE_SCRATCH / "${hive.session.id}_resources"),
         "spark.driver.extraJavaOptions": base_java_options,
         # Python workers must run this interpreter (or the one PYSPARK_PYTHON names), or they will
         # not find its packages.

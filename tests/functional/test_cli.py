@@ -67,16 +67,25 @@ def own_processes(marker: str) -> list[str]:
 
 def test_commands_run_back_to_back_and_leave_nothing_running(digits_copy: Path, tmp_path: Path) -> None:
     """A command ends its JVM (and the worker daemon) before it returns: the next command on the
-    project finds the embedded metastore free at once, and no process of it is left."""
+    project finds the embedded metastore free at once, and no process of it is left. The Hive
+    session folder each command's metastore client makes goes under the project's target/, not
+    the JVM's temp folder (Linux: /tmp, whatever TMPDIR says), and the next command clears it."""
     own_tmp = tmp_path / "tmp"  # the early daemon's socket folder goes here, away from other runs'
     own_tmp.mkdir()
+    jvm_tmp, hive_scratch = Path("/tmp"), digits_copy / "target" / "tmp" / "hive"
+    sessions = []
     for _ in range(2):
+        before = set(jvm_tmp.glob("*_resources"))
         result = run("sql", str(digits_copy), "SHOW TABLES", "--conf", "spark.ui.enabled=false",
                      TMPDIR=str(own_tmp))
         assert result.returncode == 0, result.stderr
         assert "digits_images" in result.stdout
         assert own_processes(str(digits_copy)) == []  # no JVM (its command line names target/)
         assert sorted(own_tmp.glob("sqlinfer-daemon-*")) == []  # early daemon's folder removed
+        assert set(jvm_tmp.glob("*_resources")) - before == set()
+        sessions.append([folder.name for folder in hive_scratch.glob("*_resources")])
+    # One folder each time, the second command's own: the first command's was cleared.
+    assert len(sessions[0]) == len(sessions[1]) == 1 and sessions[0] != sessions[1], sessions
 
 
 def test_a_command_leaves_no_socket_files_behind(digits_copy: Path) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from sqlinfer.runtime.metastore import clear_hive_scratch
 from sqlinfer.runtime.settings import (
     DAEMON_MODULE,
     DEFAULT_ARROW_BATCH,
@@ -35,6 +36,7 @@ def test_defaults(tmp_path: Path) -> None:
         "spark.sql.catalogImplementation": "hive",
         "spark.sql.warehouse.dir": f"{target}/warehouse",
         "spark.hadoop.javax.jdo.option.ConnectionURL": f"jdbc:derby:;databaseName={target}/metastore_db;create=true",
+        "spark.hadoop.hive.downloaded.resources.dir": f"{target}/tmp/hive/${{hive.session.id}}_resources",
         "spark.driver.extraJavaOptions": f"{base_options(target)} {LOCAL_JIT}",
         "spark.pyspark.python": sys.executable,
         "spark.pyspark.driver.python": sys.executable,
@@ -130,3 +132,22 @@ def test_local_jvm_options(user: str, options: str) -> None:
 ])
 def test_conf_text(value: object, text: str) -> None:
     assert conf_text(value) == text
+
+
+@pytest.mark.parametrize(("conf", "cleared"), [
+    ({}, True),
+    ({"spark.hadoop.hive.metastore.uris": "thrift://metastore:9083"}, False),
+    ({"spark.hadoop.javax.jdo.option.ConnectionURL": "jdbc:postgresql://db/metastore"}, False),
+])
+def test_hive_session_folders_are_cleared_only_on_the_embedded_metastore(tmp_path: Path, conf: dict[str, str],
+                                                                          cleared: bool) -> None:
+    """Another metastore may have several processes on the project at once: their Hive session
+    folders under target/ stay."""
+    target = tmp_path / "target"
+    settings = session_conf(target, None, conf)
+    left = target / "tmp" / "hive" / "0b1c_resources"
+    left.mkdir(parents=True)
+    assert settings["spark.hadoop.hive.downloaded.resources.dir"] == f"{target}/tmp/hive/${{hive.session.id}}_resources"
+    clear_hive_scratch(settings, target)
+    assert left.exists() is not cleared
+    assert (target / "tmp").exists()  # only the Hive folder goes
