@@ -173,6 +173,40 @@ def test_a_rebuild_with_the_same_columns_swaps_folders_and_keeps_the_tables_entr
     assert "team=vision" not in described()["Table Properties"]  # a new entry: tables were swapped
 
 
+def test_an_append_moves_the_staged_files_into_the_tables_folder(spark, tmp_path: Path) -> None:
+    """An incremental table's new rows are written once, into the staging folder, and those files
+    moved into the table's folder (Materializer._append_files): the metastore entry stays (a
+    property of the user's survives), the size statistics count the new files too, nothing is
+    left beside the table, and a build with no new rows adds no file."""
+    root, node, database = table_node_project(tmp_path / "appends", "SELECT 1")
+    node.write_text("{{ config(materialized='incremental', unique_key='id') }}\n"
+                    "SELECT id, CAST(id AS FLOAT) AS score FROM range({{ var('n', 3) }})\n")
+    table = f"`{database}`.`numbers`"
+
+    def build(n: int) -> tuple[str, str, int | None]:
+        (result,) = Project.load(root, {"n": n}).build(spark).nodes
+        return result.status, result.action, result.rows
+
+    assert build(3) == ("success", "created", 3)
+    spark.sql(f"ALTER TABLE {table} SET TBLPROPERTIES ('team' = 'vision')")
+    described = {r.col_name: r.data_type for r in spark.sql(f"DESCRIBE TABLE EXTENDED {table}").collect()}
+    folder = Path(described["Location"].removeprefix("file:"))
+    first = {f.name for f in folder.glob("part-*")}
+
+    assert build(7) == ("success", "appended", 4)
+    described = {r.col_name: r.data_type for r in spark.sql(f"DESCRIBE TABLE EXTENDED {table}").collect()}
+    assert "team=vision" in described["Table Properties"]  # the same entry
+    files = {f.name for f in folder.glob("part-*")}
+    assert first < files  # the first build's files stay; the new rows came as files of their own
+    assert described["Statistics"] == f"{sum((folder / f).stat().st_size for f in files)} bytes, 0 rows"
+    assert sorted((r.id, r.score) for r in spark.table(table).collect()) == [(i, float(i)) for i in range(7)]
+    assert sorted(p.name for p in folder.parent.iterdir() if p.name.startswith("numbers")) == ["numbers"]
+
+    assert build(7) == ("success", "appended", 0)
+    assert {f.name for f in folder.glob("part-*")} == files
+    assert spark.table(table).count() == 7
+
+
 def test_float_columns_written_without_dictionary(spark, tmp_path: Path) -> None:
     """The options a build gives its tables keep parquet's dictionary off exactly for float columns,
     here where it would pay (three distinct values): the key format works in this Spark's parquet."""

@@ -22,13 +22,14 @@ How each driver kill point is reached (``KILL_SCRIPT``, monkeypatching, no hook 
   batch, while the staging write job runs.
 - table, between the renames: ``Materializer._move`` wrapped; the driver kills itself before the
   second rename (the table's folder already renamed to ``kill_table__sqlinfer_old``).
-- incremental, before the staging write: ``spark.sql`` wrapped; the driver kills itself instead
-  of running the ``CREATE TABLE ... kill_inc__sqlinfer_new AS SELECT``.
-- incremental, after staging and before the append: ``DataFrameWriter.insertInto`` wrapped; the
-  driver and its JVM are SIGKILLed instead of appending.
-- incremental, mid-append: ``insertInto`` wrapped to append the same rows through a pass-through
-  Python map in two tasks; the second task waits until the first one's output is committed to
-  the job (``_temporary/0/task_*`` in the table's folder), then SIGKILLs the driver and its JVM.
+- incremental, before the staging write: ``DataFrameWriter.save`` wrapped; the driver kills itself
+  instead of writing the new rows into ``kill_inc__sqlinfer_new`` (an append to an unpartitioned
+  table stages files, then moves them into the table: Materializer._append_files).
+- incremental, after staging and before the append: ``Materializer._move`` wrapped; the driver and
+  its JVM are SIGKILLed instead of moving the first staged file into the table.
+- incremental, mid-append: the staged rows are written as two files (``spark.sql`` wrapped to
+  repartition the staged SELECT), and ``_move`` SIGKILLs the driver and its JVM after the first
+  file has moved into the table.
 """
 
 from __future__ import annotations
@@ -159,10 +160,9 @@ import json
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 
-from pyspark import SparkContext, TaskContext
+from pyspark import SparkContext
 from pyspark.sql import SparkSession
 from pyspark.sql.readwriter import DataFrameWriter
 
@@ -173,6 +173,7 @@ POINT, CONTROL, DUMP = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
 ARGS = sys.argv[sys.argv.index("--") + 1:]
 NAMES = ["kill_table", "kill_table__sqlinfer_new", "kill_table__sqlinfer_old", "kill_inc",
          "kill_inc__sqlinfer_new"]
+STAGING_FOLDERS = {"table.before_write": "/kill_table__sqlinfer_new", "inc.before_staging": "/kill_inc__sqlinfer_new"}
 
 
 def jvm_pid() -> int:
@@ -187,20 +188,21 @@ def die(with_jvm: bool = False) -> None:
 
 original_sql = SparkSession.sql
 renames = []
+appended_files = []
 
 
 def sql(self, query, *args, **kwargs):
-    text = " ".join(query.split())
-    if POINT == "inc.before_staging" and text.startswith("CREATE TABLE `default`.`kill_inc__sqlinfer_new`"):
-        die()
-    return original_sql(self, query, *args, **kwargs)
+    frame = original_sql(self, query, *args, **kwargs)
+    if POINT == "inc.mid_append" and query == "SELECT * FROM __sqlinfer_staged":
+        return frame.repartition(2)  # the append then has two files to move
+    return frame
 
 
 original_save = DataFrameWriter.save
 
 
 def save(self, path=None, *args, **kwargs):
-    if POINT == "table.before_write" and str(path).endswith("/kill_table__sqlinfer_new"):
+    if POINT in STAGING_FOLDERS and str(path).endswith(STAGING_FOLDERS[POINT]):
         die()
     return original_save(self, path, *args, **kwargs)
 
@@ -208,12 +210,16 @@ def save(self, path=None, *args, **kwargs):
 original_move = Materializer._move
 
 
-def move(fs, source, destination):
+def move(fs, source, destination, *args):
     if POINT == "table.between_renames" and "/kill_table" in str(source):
         renames.append((str(source), str(destination)))
         if len(renames) == 2:
             die()
-    return original_move(fs, source, destination)
+    if "/kill_inc__sqlinfer_new/" in str(source):
+        appended_files.append(str(source))
+        if POINT == "inc.after_staging" or (POINT == "inc.mid_append" and len(appended_files) == 2):
+            die(with_jvm=True)
+    return original_move(fs, source, destination, *args)
 
 
 original_table = Materializer.table
@@ -225,31 +231,6 @@ def table(self, node, *args, **kwargs):
         CONTROL.write_text(json.dumps({"mode": "kill_driver", "batch": 2, "counter": str(counter),
                                        "pids": [jvm_pid(), os.getpid()]}))
     return original_table(self, node, *args, **kwargs)
-
-
-original_insert = DataFrameWriter.insertInto
-
-
-def insert_into(self, table_name, overwrite=None):
-    if POINT == "inc.after_staging":
-        die(with_jvm=True)
-    if POINT == "inc.mid_append":
-        folder = Path(DUMP.parent / "warehouse_folder").read_text()
-        pids = [jvm_pid(), os.getpid()]
-
-        def gate(batches):
-            if TaskContext.get().partitionId() == 1:
-                deadline = time.time() + 120
-                while not list(Path(folder).glob("_temporary/0/task_*")) and time.time() < deadline:
-                    time.sleep(0.02)
-                for pid in pids:
-                    os.kill(pid, signal.SIGKILL)
-                time.sleep(120)
-            yield from batches
-
-        frame = self._df
-        self = frame.repartition(2).mapInArrow(gate, frame.schema).write
-    return original_insert(self, table_name, overwrite)
 
 
 original_build = Runner.build
@@ -269,7 +250,6 @@ SparkSession.sql = sql
 Materializer.table = table
 Materializer._move = staticmethod(move)
 DataFrameWriter.save = save
-DataFrameWriter.insertInto = insert_into
 Runner.build = build
 
 from sqlinfer.cli import main
@@ -450,7 +430,6 @@ def killed_build(faults: Faults, point: str, select: str, dump: Path, **values: 
     were alive just before the kill (its JVM, the Python daemon and workers), maybe still ending."""
     script = dump.parent / "kill_build.py"
     script.write_text(KILL_SCRIPT)
-    (dump.parent / "warehouse_folder").write_text(str(faults.warehouse / "kill_inc"))
     log = (dump.parent / f"{point}.log").open("w")
     command = [sys.executable, str(script), point, str(faults.control), str(dump), "--",
                *sqlinfer("build", str(faults.root), "--select", select, "--vars", variables(**values))[1:]]
@@ -521,17 +500,15 @@ def test_driver_killed_keeps_tables_and_the_rerun_recovers(faults: Faults, pair:
         assert [tuple(r) for r in catalog["kill_table"]] == table_before
     assert [tuple(r) for r in catalog["kill_inc"]] == inc_before
     wait_gone(left)
-    assert faults.rows("kill_inc") == inc_before  # no row of the interrupted append is visible
     appended = 8
-    if pair.incremental == "inc.mid_append":
-        # Killed while the append's job ran: one task's output is committed to the job, none to the table.
-        assert list((faults.warehouse / "kill_inc").glob("_temporary/0/task_*/*.parquet"))
-        # What a kill in the job's very commit would leave (not reachable on purpose: the commit
-        # moves the files one by one, in milliseconds): some of the new rows in the table, in whole
-        # files; here half the staged rows of the append. The re-run must append only the rest.
-        staged = pq.read_table(sorted((faults.warehouse / "kill_inc__sqlinfer_new").glob("part-*.parquet"))[0])
-        pq.write_table(staged.slice(0, max(1, staged.num_rows // 2)),
-                       faults.warehouse / "kill_inc" / "part-00000-moved-by-the-commit.snappy.parquet")
+    staged = sorted((faults.warehouse / "kill_inc__sqlinfer_new").glob("part-*.parquet"))
+    if pair.incremental != "inc.mid_append":
+        assert faults.rows("kill_inc") == inc_before  # no row of the interrupted append is visible
+        assert len(staged) == (0 if pair.incremental == "inc.before_staging" else 1)
+    else:
+        # Killed between the moves of the append's two files: the first one's rows are in the
+        # table, whole; the other file is still staged. The re-run must append only the rest.
+        assert len(staged) == 1 and pq.read_table(staged[0]).num_rows == 4
         partial = faults.rows("kill_inc")
         reference = {row[0]: row for row in faults.expected(n_inc)}
         assert partial is not None and {r[0] for r in inc_before} < {r[0] for r in partial} <= set(reference)
@@ -545,8 +522,6 @@ def test_driver_killed_keeps_tables_and_the_rerun_recovers(faults: Faults, pair:
     assert f"OK    incremental kill_inc appended, {appended} rows, {appended} scored" in again.stdout
     if pair.table == "table.between_renames":
         assert "[restored the previous table after an interrupted build]" in again.stdout
-    if pair.incremental == "inc.mid_append":
-        assert "[removed the unfinished output of an interrupted append]" in again.stdout
     assert matches(faults.rows("kill_table"), faults.expected(n_table))
     inc = faults.rows("kill_inc")
     assert matches(inc, faults.expected(n_inc))  # every key once, every prediction the undisturbed one
