@@ -208,9 +208,12 @@ class Materializer:
         fs, backup = self._file_system(self._default_location(name + BACKUP))
         if not fs.exists(backup):
             return False
-        _, folder = self._file_system(self._default_location(name))
+        location = self._default_location(name)
+        _, folder = self._file_system(location)
         if fs.exists(folder):
             return False  # the swap got past its second rename: the backup folder is only left over
+        if str(self._external_catalog().getTable(self.database, name).location()).rstrip("/") != location:
+            return False  # moved elsewhere since (by hand): the table does not read that folder
         self._move(fs, backup, folder)
         return True
 
@@ -370,9 +373,9 @@ class Materializer:
         assert jvm is not None
         fs, table_folder = self._file_system(folder)
         _, staged_folder = self._file_system(staged)
+        listed = fs.listStatus(staged_folder) if rows else []
         # _SUCCESS is the write's marker; a local file system lists no .crc checksums and moves them with their files.
-        files = [status.getPath() for status in fs.listStatus(staged_folder)
-                 if rows and not status.getPath().getName().startswith(("_", "."))]
+        files = [status.getPath() for status in listed if not status.getPath().getName().startswith(("_", "."))]
         for moved, source in enumerate(files):
             self._move(fs, source, jvm.org.apache.hadoop.fs.Path(table_folder, source.getName()),
                        f"{moved} of the {len(files)} files of the new rows are in the table; the next build "
@@ -516,8 +519,9 @@ class Materializer:
                                lambda: self.spark.read.format(node.config.file_format).load(staged))
             self._append_files(node, staged, folder, models, rows)
             return Outcome(rows, "appended", "; ".join(x for x in (note, change) if x))
-        # The new rows are scored into a staging table first, so a refused check (or a failure
-        # while scoring) appends nothing; the append then copies scored rows and runs no model.
+        # Otherwise (a partitioned table, say) the new rows are scored into a staging table first,
+        # so a refused check (or a failure while scoring) appends nothing; the append then copies
+        # scored rows and runs no model.
         rows = self._stage(node.name, new_rows, self._create_staging_copy(node), check)
         # The append's job writes under the table's folder (`_temporary`, hidden from readers) and
         # moves its files into the table when it commits. Killed before the commit, nothing is

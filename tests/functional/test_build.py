@@ -173,6 +173,31 @@ def test_a_rebuild_with_the_same_columns_swaps_folders_and_keeps_the_tables_entr
     assert "team=vision" not in described()["Table Properties"]  # a new entry: tables were swapped
 
 
+def test_a_backup_folder_is_not_restored_into_a_folder_the_table_no_longer_reads(spark, tmp_path: Path) -> None:
+    """recover() moves a folder swap's backup folder back only for a table that still lives in
+    its database's folder: here the table was moved elsewhere by hand, and a stray backup folder
+    beside its old place must neither become that place nor stop the rebuild."""
+    import shutil
+
+    root, node, database = table_node_project(tmp_path / "moved", "SELECT id FROM range(3)")
+    assert Project.load(root).build(spark).success
+    table = f"`{database}`.`numbers`"
+    old_place = Path(spark.sql(f"DESCRIBE TABLE EXTENDED {table}").where("col_name = 'Location'")
+                     .first().data_type.removeprefix("file:"))
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(old_place, elsewhere)
+    spark.sql(f"ALTER TABLE {table} SET LOCATION '{elsewhere}'")
+    shutil.move(str(old_place), str(old_place.with_name("numbers__sqlinfer_old")))  # the stray backup folder
+    spark.catalog.refreshTable(f"{database}.numbers")
+    assert spark.table(table).count() == 3
+
+    node.write_text("{{ config(materialized='table') }}\nSELECT id FROM range(5)\n")
+    (result,) = Project.load(root).build(spark).nodes
+    assert (result.status, result.action, result.rows, result.message) == ("success", "rebuilt", 5, ""), result.message
+    assert sorted(r.id for r in spark.table(table).collect()) == [0, 1, 2, 3, 4]
+    assert not old_place.with_name("numbers__sqlinfer_old").exists()
+
+
 def test_an_append_moves_the_staged_files_into_the_tables_folder(spark, tmp_path: Path) -> None:
     """An incremental table's new rows are written once, into the staging folder, and those files
     moved into the table's folder (Materializer._append_files): the metastore entry stays (a
