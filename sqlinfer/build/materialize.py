@@ -126,14 +126,16 @@ class Materializer:
         recorded = properties.get(MODELS_PROPERTY)
         return json.loads(recorded) if recorded else {}
 
-    def _drop_with_data(self, name: str, listed: bool = True) -> None:
+    def _drop_with_data(self, name: str, listed: bool = True) -> bool:
         """Drop a staging/backup table (``listed``: the metastore may have it), and its folder
-        even when the metastore lost track of it."""
+        even when the metastore lost track of it; True if either was there."""
         if listed:
             self.spark.sql(f"DROP TABLE IF EXISTS {self.qualified(name)}")
         fs, path = self._file_system(self._default_location(name))
-        if fs.exists(path):
+        found = bool(fs.exists(path))
+        if found:
             fs.delete(path, True)
+        return listed or found
 
     def _file_system(self, location: str) -> tuple[Any, Any]:
         """Hadoop's FileSystem and Path of ``location`` (Hadoop's file system has no Python API)."""
@@ -193,7 +195,9 @@ class Materializer:
             exists = True
         else:
             self._drop_with_data(name + BACKUP, listed=backed_up)
-        self._drop_with_data(name + STAGING, listed=staged)
+        if self._drop_with_data(name + STAGING, listed=staged):
+            # Say so: an append cut off halfway then appends fewer rows than the build that died scored.
+            note = "; ".join(x for x in (note, "removed the staged rows of an unfinished build") if x)
         if appends and exists and self._remove_unfinished_writes(name):
             note = "; ".join(x for x in (note, "removed the unfinished output of an interrupted append") if x)
         return note, exists
