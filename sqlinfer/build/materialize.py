@@ -290,9 +290,7 @@ class Materializer:
             rows = self._stage(node.name, frame, self._create_as(node, models), check)
             self._swap(node.name, existed)
         else:
-            staged = self._default_location(node.name + STAGING)
-            rows = self._stage(node.name, frame, self._write_files(node, staged), check,
-                               lambda: self.spark.read.format(node.config.file_format).load(staged))
+            rows = self._stage_files(node, frame, check)
             self._swap_folders(node, folder, models)
         timeline.mark(f"node {node.name}: swapped")
         return rows
@@ -333,13 +331,16 @@ class Materializer:
             return None
         return folder, {k: v for k, v in _scala_dict(table.storage().properties()).items() if k != "path"}
 
-    def _write_files(self, node: Node, folder: str, options: dict[str, str] | None = None) -> Create:
-        """Writes the staged rows into ``folder`` (no table) with ``options``, by default the
-        OPTIONS a new table of those rows would get."""
+    def _stage_files(self, node: Node, frame: DataFrame, check: Check, options: dict[str, str] | None = None) -> int:
+        """:meth:`_stage` into the staging folder, with no table: the files are written with
+        ``options``, by default the OPTIONS a new table of those rows would get."""
+        file_format = node.config.file_format
+        staged = self._default_location(node.name + STAGING)
+
         def write(select: str, schema: StructType) -> None:
-            chosen = self._table_options(node.config.file_format, schema) if options is None else options
-            self.spark.sql(select).write.format(node.config.file_format).options(**chosen).save(folder)
-        return write
+            chosen = self._table_options(file_format, schema) if options is None else options
+            self.spark.sql(select).write.format(file_format).options(**chosen).save(staged)
+        return self._stage(node.name, frame, write, check, lambda: self.spark.read.format(file_format).load(staged))
 
     def _swap_folders(self, node: Node, folder: str, models: dict[str, str]) -> None:
         """Give the table the staging folder's files: its folder becomes the backup folder (deleted
@@ -363,7 +364,7 @@ class Materializer:
         self.spark.sql(f"ALTER TABLE {self.qualified(node.name)} SET TBLPROPERTIES "
                        f"({_pairs(self._properties(node, models))})")
 
-    def _append_files(self, node: Node, staged: str, folder: str, models: dict[str, str], rows: int) -> None:
+    def _append_files(self, node: Node, folder: str, models: dict[str, str], rows: int) -> None:
         """Append the staging folder's files to the table by moving them into its folder, one
         file-system rename each: the new rows are written once, with no staging table to create,
         copy from and drop (the copy wrote every new row a second time). Spark's own append job
@@ -376,7 +377,7 @@ class Materializer:
         jvm = self.spark._jvm
         assert jvm is not None
         fs, table_folder = self._file_system(folder)
-        _, staged_folder = self._file_system(staged)
+        _, staged_folder = self._file_system(self._default_location(node.name + STAGING))
         listed = fs.listStatus(staged_folder) if rows else []
         # _SUCCESS is the write's marker; a local file system lists no .crc checksums and moves them with their files.
         files = [status.getPath() for status in listed if not status.getPath().getName().startswith(("_", "."))]
@@ -518,10 +519,8 @@ class Materializer:
         own = self._own_folder(node, new_rows.schema)
         if own is not None:
             folder, options = own
-            staged = self._default_location(node.name + STAGING)
-            rows = self._stage(node.name, new_rows, self._write_files(node, staged, options), check,
-                               lambda: self.spark.read.format(node.config.file_format).load(staged))
-            self._append_files(node, staged, folder, models, rows)
+            rows = self._stage_files(node, new_rows, check, options)
+            self._append_files(node, folder, models, rows)
             return Outcome(rows, "appended", "; ".join(x for x in (note, change) if x))
         # Otherwise (a partitioned table, say) the new rows are scored into a staging table first,
         # so a refused check (or a failure while scoring) appends nothing; the append then copies

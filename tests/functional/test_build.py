@@ -86,9 +86,7 @@ def test_digits_builds_every_node_twice_identically(spark, digits_copy: Path) ->
 
     # Float columns are written without parquet's dictionary (sqlinfer/build/write_options.py),
     # named in the table's definition; test_float_columns_written_without_dictionary shows the effect.
-    described = {r.col_name: r.data_type for r in spark.sql(f"DESCRIBE TABLE EXTENDED {database}.digit_predictions")
-                 .collect()}
-    assert set(described["Storage Properties"].strip("[]").split(", ")) == {
+    assert set(described(spark, f"{database}.digit_predictions")["Storage Properties"].strip("[]").split(", ")) == {
         "parquet.enable.dictionary#probabilities.list.element=false", "parquet.enable.dictionary#score=false"}
 
     before = (rows(spark, f"{database}.digit_predictions"),
@@ -107,6 +105,11 @@ def test_digits_builds_every_node_twice_identically(spark, digits_copy: Path) ->
                     if r.info_name == "Location")
     folders = {p.name for p in Path(location.removeprefix("file:")).iterdir()}
     assert "digit_predictions" in folders and "digit_predictions__sqlinfer_old" not in folders
+
+
+def described(spark, table: str) -> dict[str, str]:
+    """``DESCRIBE TABLE EXTENDED``'s rows: what it names (a column, Location, Statistics, ...) -> its value."""
+    return {r.col_name: r.data_type for r in spark.sql(f"DESCRIBE TABLE EXTENDED {table}").collect()}
 
 
 def table_node_project(root: Path, select: str) -> tuple[Path, Path, str]:
@@ -146,9 +149,6 @@ def test_a_rebuild_with_the_same_columns_swaps_folders_and_keeps_the_tables_entr
     assert Project.load(root).build(spark).success
     table = f"`{database}`.`numbers`"
 
-    def described() -> dict[str, str]:
-        return {r.col_name: r.data_type for r in spark.sql(f"DESCRIBE TABLE EXTENDED {table}").collect()}
-
     # A stale fingerprint, as an older build with another model would have left it, and a property
     # of the user's own, which only the same metastore entry keeps.
     spark.sql(f"ALTER TABLE {table} SET TBLPROPERTIES ('sqlinfer.models' = '{{\"old\": \"x\"}}', "
@@ -156,7 +156,7 @@ def test_a_rebuild_with_the_same_columns_swaps_folders_and_keeps_the_tables_entr
     node.write_text("{{ config(materialized='table') }}\nSELECT id, CAST(id AS FLOAT) AS score FROM range(5000)\n")
     (result,) = Project.load(root).build(spark).nodes
     assert (result.status, result.action, result.rows) == ("success", "rebuilt", 5000)
-    after = described()
+    after = described(spark, table)
     assert "team=vision" in after["Table Properties"]  # the same entry: folders were swapped, not tables
     assert "sqlinfer.models={}" in after["Table Properties"]
     folder = Path(after["Location"].removeprefix("file:"))
@@ -170,7 +170,7 @@ def test_a_rebuild_with_the_same_columns_swaps_folders_and_keeps_the_tables_entr
     (result,) = Project.load(root).build(spark).nodes
     assert (result.status, result.action, result.rows) == ("success", "rebuilt", 4)
     assert spark.table(table).columns == ["id", "score", "label"]
-    assert "team=vision" not in described()["Table Properties"]  # a new entry: tables were swapped
+    assert "team=vision" not in described(spark, table)["Table Properties"]  # a new entry: tables were swapped
 
 
 def test_a_backup_folder_is_not_restored_into_a_folder_the_table_no_longer_reads(spark, tmp_path: Path) -> None:
@@ -182,8 +182,7 @@ def test_a_backup_folder_is_not_restored_into_a_folder_the_table_no_longer_reads
     root, node, database = table_node_project(tmp_path / "moved", "SELECT id FROM range(3)")
     assert Project.load(root).build(spark).success
     table = f"`{database}`.`numbers`"
-    old_place = Path(spark.sql(f"DESCRIBE TABLE EXTENDED {table}").where("col_name = 'Location'")
-                     .first().data_type.removeprefix("file:"))
+    old_place = Path(described(spark, table)["Location"].removeprefix("file:"))
     elsewhere = tmp_path / "elsewhere"
     shutil.copytree(old_place, elsewhere)
     spark.sql(f"ALTER TABLE {table} SET LOCATION '{elsewhere}'")
@@ -214,16 +213,15 @@ def test_an_append_moves_the_staged_files_into_the_tables_folder(spark, tmp_path
 
     assert build(3) == ("success", "created", 3)
     spark.sql(f"ALTER TABLE {table} SET TBLPROPERTIES ('team' = 'vision')")
-    described = {r.col_name: r.data_type for r in spark.sql(f"DESCRIBE TABLE EXTENDED {table}").collect()}
-    folder = Path(described["Location"].removeprefix("file:"))
+    folder = Path(described(spark, table)["Location"].removeprefix("file:"))
     first = {f.name for f in folder.glob("part-*")}
 
     assert build(7) == ("success", "appended", 4)
-    described = {r.col_name: r.data_type for r in spark.sql(f"DESCRIBE TABLE EXTENDED {table}").collect()}
-    assert "team=vision" in described["Table Properties"]  # the same entry
+    after = described(spark, table)
+    assert "team=vision" in after["Table Properties"]  # the same entry
     files = {f.name for f in folder.glob("part-*")}
     assert first < files  # the first build's files stay; the new rows came as files of their own
-    assert described["Statistics"] == f"{sum((folder / f).stat().st_size for f in files)} bytes, 0 rows"
+    assert after["Statistics"] == f"{sum((folder / f).stat().st_size for f in files)} bytes, 0 rows"
     assert sorted((r.id, r.score) for r in spark.table(table).collect()) == [(i, float(i)) for i in range(7)]
     assert sorted(p.name for p in folder.parent.iterdir() if p.name.startswith("numbers")) == ["numbers"]
 
