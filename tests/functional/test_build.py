@@ -230,6 +230,75 @@ def test_an_append_moves_the_staged_files_into_the_tables_folder(spark, tmp_path
     assert spark.table(table).count() == 7
 
 
+def test_a_partitioned_append_moves_files_into_old_and_new_partitions(spark, tmp_path: Path) -> None:
+    """An append to a partitioned incremental table moves its staged files into the partitions'
+    folders, registering the partitions that are new first: rows reach partitions that existed
+    (one whose value needs escaping in a folder name) and new ones (the NULL partition too), every
+    partition is registered once, pruning finds them, and nothing is left beside the table. The
+    SELECT names the partition column in the middle; the table keeps it last."""
+    root, node, database = table_node_project(tmp_path / "partitioned", "SELECT 1")
+    node.write_text("{{ config(materialized='incremental', unique_key='id', partition_by='day') }}\n"
+                    "SELECT id, CASE WHEN id % 5 = 4 THEN NULL ELSE concat('d', id % 2, ' a/b') END AS day,\n"
+                    "       CAST(id AS FLOAT) AS score FROM range({{ var('n', 3) }})\n")
+    table = f"`{database}`.`numbers`"
+
+    def build(n: int) -> tuple[str, str, int | None]:
+        (result,) = Project.load(root, {"n": n}).build(spark).nodes
+        return result.status, result.action, result.rows
+
+    def day(i: int) -> str | None:
+        return None if i % 5 == 4 else f"d{i % 2} a/b"
+
+    def files() -> dict[str, set[str]]:
+        return {p.name: {f.name for f in p.glob("part-*")} for p in folder.iterdir() if p.is_dir()}
+
+    assert build(3) == ("success", "created", 3)
+    folder = Path(described(spark, table)["Location"].removeprefix("file:"))
+    first = files()
+    assert sorted(first) == ["day=d0 a%2Fb", "day=d1 a%2Fb"]
+
+    assert build(10) == ("success", "appended", 7)
+    assert [f.name for f in spark.table(table).schema.fields] == ["id", "score", "day"]
+    assert sorted(tuple(r) for r in spark.table(table).collect()) == [(i, float(i), day(i)) for i in range(10)]
+    partitions = [r[0] for r in spark.sql(f"SHOW PARTITIONS {table}").collect()]
+    assert sorted(partitions) == ["day=__HIVE_DEFAULT_PARTITION__", "day=d0 a%2Fb", "day=d1 a%2Fb"]
+    after = files()
+    assert sorted(after) == sorted(partitions)
+    for name, old in first.items():
+        assert old < after[name]  # the first build's files stay; the new rows came as files of their own
+    assert spark.sql(f"SELECT count(*) FROM {table} WHERE day IS NULL").first()[0] == 2
+    assert spark.sql(f"SELECT count(*) FROM {table} WHERE day = 'd0 a/b'").first()[0] == 4
+    assert sorted(p.name for p in folder.parent.iterdir() if p.name.startswith("numbers")) == ["numbers"]
+
+    assert build(15) == ("success", "appended", 5)  # the NULL partition exists now: one entry still
+    assert sorted(r[0] for r in spark.sql(f"SHOW PARTITIONS {table}").collect()) == sorted(partitions)
+    assert spark.sql(f"SELECT count(*) FROM {table} WHERE day IS NULL").first()[0] == 3
+    assert build(15) == ("success", "appended", 0)
+    assert spark.table(table).count() == 15
+
+
+def test_an_append_to_a_table_outside_its_databases_folder_goes_through_a_staging_table(spark,
+                                                                                       tmp_path: Path) -> None:
+    """A table moved elsewhere by hand (SET LOCATION) gets its new rows through a staging table
+    and an INSERT, into the folder it reads now; nothing is left beside the database's folder."""
+    root, node, database = table_node_project(tmp_path / "moved", "SELECT 1")
+    node.write_text("{{ config(materialized='incremental', unique_key='id') }}\n"
+                    "SELECT id, CAST(id AS FLOAT) AS score FROM range({{ var('n', 3) }})\n")
+    table = f"`{database}`.`numbers`"
+    assert Project.load(root, {"n": 3}).build(spark).success
+    folder = Path(described(spark, table)["Location"].removeprefix("file:"))
+    elsewhere = tmp_path / "elsewhere"
+    shutil.move(folder, elsewhere)
+    spark.sql(f"ALTER TABLE {table} SET LOCATION '{elsewhere}'")
+    before = {f.name for f in elsewhere.glob("part-*")}
+
+    (result,) = Project.load(root, {"n": 5}).build(spark).nodes
+    assert (result.status, result.action, result.rows) == ("success", "appended", 2)
+    assert sorted((r.id, r.score) for r in spark.table(table).collect()) == [(i, float(i)) for i in range(5)]
+    assert before < {f.name for f in elsewhere.glob("part-*")}
+    assert not folder.exists() and not [p for p in folder.parent.iterdir() if p.name.startswith("numbers")]
+
+
 def test_float_columns_written_without_dictionary(spark, tmp_path: Path) -> None:
     """The options a build gives its tables keep parquet's dictionary off exactly for float columns,
     here where it would pay (three distinct values): the key format works in this Spark's parquet."""

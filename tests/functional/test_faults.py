@@ -23,13 +23,15 @@ How each driver kill point is reached (``KILL_SCRIPT``, monkeypatching, no hook 
 - table, between the renames: ``Materializer._move`` wrapped; the driver kills itself before the
   second rename (the table's folder already renamed to ``kill_table__sqlinfer_old``).
 - incremental, before the staging write: ``DataFrameWriter.save`` wrapped; the driver kills itself
-  instead of writing the new rows into ``kill_inc__sqlinfer_new`` (an append to an unpartitioned
-  table stages files, then moves them into the table: Materializer._append_files).
+  instead of writing the new rows into ``kill_inc__sqlinfer_new`` (an append to the partitioned
+  table stages files, one folder per partition, registers the partitions, then moves the files
+  into them: Materializer._append_files).
 - incremental, after staging and before the append: ``Materializer._move`` wrapped; the driver and
-  its JVM are SIGKILLed instead of moving the first staged file into the table.
-- incremental, mid-append: the staged rows are written as two files (``spark.sql`` wrapped to
-  repartition the staged SELECT), and ``_move`` SIGKILLs the driver and its JVM after the first
-  file has moved into the table.
+  its JVM are SIGKILLed instead of moving the first staged file into the table (the partitions of
+  the new rows are registered by then).
+- incremental, mid-append: the staged rows are written by two tasks (``spark.sql`` wrapped to
+  repartition the staged SELECT), so in several files, and ``_move`` SIGKILLs the driver and its
+  JVM after the first file has moved into the table.
 """
 
 from __future__ import annotations
@@ -140,16 +142,19 @@ sources:
 def node(config: str, var: str, default: int) -> str:
     return textwrap.dedent(f"""\
         {{{{ config({config}) }}}}
-        SELECT path, p.index AS predicted, p.score AS score
-        FROM (SELECT path, digits_predict(content) AS p FROM {{{{ source('images') }}}}
-              WHERE CAST(regexp_extract(path, '_([0-9]+)[.]png$', 1) AS INT) < {{{{ var('{var}', {default}) }}}})
+        SELECT path, p.index AS predicted, p.score AS score, image % 2 AS parity
+        FROM (SELECT path, digits_predict(content) AS p,
+                     CAST(regexp_extract(path, '_([0-9]+)[.]png$', 1) AS INT) AS image
+              FROM {{{{ source('images') }}}})
+        WHERE image < {{{{ var('{var}', {default}) }}}}
         """)
 
 
 NODES = {
     "scored": node("materialized='table'", "n_scored", IMAGES),
     "kill_table": node("materialized='table'", "n_table", 16),
-    "kill_inc": node("materialized='incremental', unique_key='path'", "n_inc", 16),
+    # Partitioned: an append registers the partitions it adds, then moves each staged file into its partition.
+    "kill_inc": node("materialized='incremental', unique_key='path', partition_by='parity'", "n_inc", 16),
 }
 
 # `sqlinfer build` with one kill point armed (see the module docstring): argv is
@@ -501,18 +506,21 @@ def test_driver_killed_keeps_tables_and_the_rerun_recovers(faults: Faults, pair:
     assert [tuple(r) for r in catalog["kill_inc"]] == inc_before
     wait_gone(left)
     appended = 8
-    staged = sorted((faults.warehouse / "kill_inc__sqlinfer_new").glob("part-*.parquet"))
+    staged = sorted((faults.warehouse / "kill_inc__sqlinfer_new").glob("parity=*/part-*.parquet"))
+    staged_rows = sum(pq.read_table(file).num_rows for file in staged)
+    partitions = sorted(p.name for p in (faults.warehouse / "kill_inc").iterdir() if p.name.startswith("parity="))
+    assert partitions == ["parity=0", "parity=1"]
     if pair.incremental != "inc.mid_append":
         assert faults.rows("kill_inc") == inc_before  # no row of the interrupted append is visible
-        assert len(staged) == (0 if pair.incremental == "inc.before_staging" else 1)
+        assert staged_rows == (0 if pair.incremental == "inc.before_staging" else appended)
     else:
-        # Killed between the moves of the append's two files: the first one's rows are in the
-        # table, whole; the other file is still staged. The re-run must append only the rest.
-        assert len(staged) == 1 and pq.read_table(staged[0]).num_rows == 4
+        # Killed between the moves of the append's files: the first one's rows are in the table,
+        # whole; the other files are still staged. The re-run must append only the rest.
         partial = faults.rows("kill_inc")
         reference = {row[0]: row for row in faults.expected(n_inc)}
         assert partial is not None and {r[0] for r in inc_before} < {r[0] for r in partial} <= set(reference)
         assert matches(partial, [reference[row[0]] for row in partial])
+        assert len(staged) >= 1 and staged_rows + len(partial) - len(inc_before) == appended
         appended -= len(partial) - len(inc_before)
 
     # The re-run, as a user runs it: no manual cleanup.
