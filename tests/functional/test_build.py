@@ -235,7 +235,8 @@ def test_a_partitioned_append_moves_files_into_old_and_new_partitions(spark, tmp
     folders, registering the partitions that are new first: rows reach partitions that existed
     (one whose value needs escaping in a folder name) and new ones (the NULL partition too), every
     partition is registered once, pruning finds them, and nothing is left beside the table. The
-    SELECT names the partition column in the middle; the table keeps it last."""
+    SELECT names the partition column in the middle; the table keeps it last. A full refresh then
+    rebuilds it whole."""
     root, node, database = table_node_project(tmp_path / "partitioned", "SELECT 1")
     node.write_text("{{ config(materialized='incremental', unique_key='id', partition_by='day') }}\n"
                     "SELECT id, CASE WHEN id % 5 = 4 THEN NULL ELSE concat('d', id % 2, ' a/b') END AS day,\n"
@@ -275,6 +276,15 @@ def test_a_partitioned_append_moves_files_into_old_and_new_partitions(spark, tmp
     assert spark.sql(f"SELECT count(*) FROM {table} WHERE day IS NULL").first()[0] == 3
     assert build(15) == ("success", "appended", 0)
     assert spark.table(table).count() == 15
+
+    # A full refresh of a partitioned table swaps tables (a folder swap would leave the partitions'
+    # entries behind): the same rows and partitions, and no staging or backup table left.
+    (result,) = Project.load(root, {"n": 12}).build(spark, full_refresh=True).nodes
+    assert (result.status, result.action, result.rows) == ("success", "full refresh", 12)
+    assert sorted(tuple(r) for r in spark.table(table).collect()) == [(i, float(i), day(i)) for i in range(12)]
+    assert sorted(r[0] for r in spark.sql(f"SHOW PARTITIONS {table}").collect()) == sorted(partitions)
+    assert spark.sql(f"SELECT count(*) FROM {table} WHERE day IS NULL").first()[0] == 2
+    assert [r.tableName for r in spark.sql(f"SHOW TABLES IN `{database}`").collect()] == ["numbers"]
 
 
 def test_an_append_to_a_table_outside_its_databases_folder_goes_through_a_staging_table(spark,
