@@ -24,6 +24,9 @@ WARM_UP_WORKERS = "spark.sqlinfer.warmUpWorkers"
 # model): no web UI to start, and no Python workers warmed up to compete for the cores with the
 # query, then be killed at exit. A project's `spark:` section or --conf overrides them.
 SHORT_COMMAND = {"spark.ui.enabled": "false", WARM_UP_WORKERS: "false"}
+# Up to this many cores the local JVM collects garbage with the serial collector, above with the
+# parallel one (see local_jvm_options).
+SERIAL_GC_CORES = 2
 LOG_CONFIG = Path(__file__).parent.parent / "resources" / "log4j2.properties"
 # Where the JVM's stderr goes, under the project's target/: Spark's log lines (LOG_CONFIG writes
 # them to stderr), the Python workers' output (the JVM copies it to its stderr) and the Java
@@ -100,14 +103,19 @@ def conf_text(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def local_jvm_options(user_options: str) -> str:
-    """JIT and GC settings for the embedded local JVM, which runs the tasks too.
+def local_jvm_options(user_options: str, cores: int | None = None) -> str:
+    """JIT and GC settings for the embedded local JVM, which runs the tasks too, on a machine of
+    ``cores`` cores (this one's by default).
 
     In a model job the JVM's own work per row is small next to the Python workers', but in a
     fresh JVM the C2 compiler and G1 spent more CPU than that work itself: about 37 s of JVM CPU
     for a 1,000-image build, 16 s with C1 only and the parallel collector, which made the whole
-    build 20% faster on 2 cores (docs/performance.md). The user's options come later and win
-    (e.g. -XX:TieredStopAtLevel=4); a collector the user picks replaces ours.
+    build 20% faster on 2 cores (docs/performance.md). On one or two cores the serial collector
+    spends less again: the parallel collector's threads compete with the Python workers for the
+    same cores (the bench's build, 5 alternating pairs on 2 cores: 9.4 s of JVM CPU against
+    10.3 s, the build 0.4 s sooner). With more cores the parallel one keeps a busy SQL job's
+    pauses short. The user's options come later and win (e.g. -XX:TieredStopAtLevel=4); a
+    collector the user picks replaces ours.
 
     C1 alone gets a 48 MB code cache (240 MB with C2), which a long session fills (a `sqlinfer
     serve` under tests/functional/test_serve.py's load: "CodeCache is full. Compiler has been
@@ -121,5 +129,6 @@ def local_jvm_options(user_options: str) -> str:
     """
     options = ["-XX:TieredStopAtLevel=1", "-XX:ReservedCodeCacheSize=240m", "-XX:MetaspaceSize=64m"]
     if not re.search(r"-XX:\+Use\w*GC\b", user_options):
-        options.append("-XX:+UseParallelGC")
+        few_cores = (cores or os.cpu_count() or 1) <= SERIAL_GC_CORES
+        options.append("-XX:+UseSerialGC" if few_cores else "-XX:+UseParallelGC")
     return " ".join(options)

@@ -3,6 +3,7 @@ top, the local JVM's options, and YAML values spelt as Spark spells them."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -21,7 +22,8 @@ from sqlinfer.runtime.settings import (
 )
 
 C1 = "-XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=240m -XX:MetaspaceSize=64m"
-LOCAL_JIT = f"{C1} -XX:+UseParallelGC"
+# The collector sqlinfer picks for the local JVM on this machine (serial on up to 2 cores).
+LOCAL_JIT = f"{C1} -XX:+Use{'Serial' if (os.cpu_count() or 1) <= 2 else 'Parallel'}GC"
 
 
 def base_options(target: Path) -> str:
@@ -117,14 +119,17 @@ def test_a_collector_the_user_picks_replaces_ours(tmp_path: Path) -> None:
     assert conf["spark.driver.extraJavaOptions"] == f"{base_options(tmp_path)} {C1} -XX:+UseG1GC"
 
 
-@pytest.mark.parametrize(("user", "options"), [
-    ("", LOCAL_JIT),
-    ("-Xmx4g", LOCAL_JIT),
-    ("-XX:+UseZGC -Xmx4g", C1),
-    ("-XX:+UseSerialGC", C1),
+@pytest.mark.parametrize(("user", "cores", "options"), [
+    ("", 2, f"{C1} -XX:+UseSerialGC"),
+    ("", 1, f"{C1} -XX:+UseSerialGC"),
+    ("", 4, f"{C1} -XX:+UseParallelGC"),
+    ("-Xmx4g", 16, f"{C1} -XX:+UseParallelGC"),
+    ("-XX:+UseZGC -Xmx4g", 2, C1),
+    ("-XX:+UseSerialGC", 16, C1),
+    ("-XX:+UseParallelGC", 2, C1),
 ])
-def test_local_jvm_options(user: str, options: str) -> None:
-    assert local_jvm_options(user) == options
+def test_local_jvm_options(user: str, cores: int, options: str) -> None:
+    assert local_jvm_options(user, cores) == options
 
 
 @pytest.mark.parametrize(("value", "text"), [
