@@ -386,9 +386,9 @@ class Materializer:
         killed in that commit leaves: part of the new rows in the table, the rest in the staging
         folder, which the next build removes; its key filter then appends exactly the rest (a
         partition registered before the kill is there, empty or not, and is registered only
-        once). The ALTER has the metastore count the table's files (its size statistics) and drops
-        the session's cached listing of them, as an append does. With no new rows nothing moves
-        (Spark writes an empty file to keep the schema)."""
+        once). The ALTER has the metastore count an unpartitioned table's files (its size
+        statistics) and drops the session's cached listing of them, as an append does. With no new
+        rows nothing moves (Spark writes an empty file to keep the schema)."""
         jvm = self.spark._jvm
         assert jvm is not None
         fs, staged_folder = self._file_system(self._default_location(node.name + STAGING))

@@ -287,6 +287,24 @@ def test_a_partitioned_append_moves_files_into_old_and_new_partitions(spark, tmp
     assert [r.tableName for r in spark.sql(f"SHOW TABLES IN `{database}`").collect()] == ["numbers"]
 
 
+def test_an_append_to_a_table_of_two_partition_columns(spark, tmp_path: Path) -> None:
+    """Partition folders two levels deep (a string column, then an INT one): the append finds its
+    files at that depth and registers each new (day, hour) pair, and the rows read back whole."""
+    root, node, database = table_node_project(tmp_path / "two_levels", "SELECT 1")
+    node.write_text("{{ config(materialized='incremental', unique_key='id', partition_by=['day', 'hour']) }}\n"
+                    "SELECT id, concat('d', id % 2) AS day, CAST(id % 3 AS INT) AS hour, CAST(id AS FLOAT) AS score\n"
+                    "FROM range({{ var('n', 4) }})\n")
+    table = f"`{database}`.`numbers`"
+    assert Project.load(root, {"n": 4}).build(spark).success
+    (result,) = Project.load(root, {"n": 9}).build(spark).nodes
+    assert (result.status, result.action, result.rows) == ("success", "appended", 5)
+    assert sorted((r.id, r.score, r.day, r.hour) for r in spark.table(table).collect()) == \
+        [(i, float(i), f"d{i % 2}", i % 3) for i in range(9)]
+    assert sorted(r[0] for r in spark.sql(f"SHOW PARTITIONS {table}").collect()) == \
+        [f"day=d{d}/hour={h}" for d in (0, 1) for h in (0, 1, 2)]
+    assert spark.sql(f"SELECT count(*) FROM {table} WHERE day = 'd1' AND hour = 2").first()[0] == 1  # id 5
+
+
 def test_an_append_to_a_table_outside_its_databases_folder_goes_through_a_staging_table(spark,
                                                                                        tmp_path: Path) -> None:
     """A table moved elsewhere by hand (SET LOCATION) gets its new rows through a staging table
