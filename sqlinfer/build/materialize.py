@@ -572,7 +572,8 @@ class Materializer:
         if own is not None:
             rows = self._stage_files(node, new_rows, check, own)
             self._append_files(node, own, models, rows)
-            return Outcome(rows, "appended", "; ".join(x for x in (note, change) if x))
+            notes = (note, change, _partitioning_note(node, own.partition_columns))
+            return Outcome(rows, "appended", "; ".join(x for x in notes if x))
         # Otherwise (a bucketed table, one outside its database's folder) the new rows are scored
         # into a staging table first, so a refused check (or a failure while scoring) appends
         # nothing; the append then copies scored rows and runs no model.
@@ -653,6 +654,18 @@ class Materializer:
                         self._create_as(node, models), lambda: None)
             self._swap(node.name, True)
         return f"schema change ({mode}): {described}"
+
+
+def _partitioning_note(node: Node, table_columns: tuple[str, ...]) -> str:
+    """What to tell a user whose ``partition_by`` no longer matches the partitioning of the table
+    an append went into ("" when it does): rows are appended as the table is partitioned, and
+    only a full refresh partitions it again (dbt's incremental models say nothing here)."""
+    wanted = node.config.partition_by
+    if tuple(c.lower() for c in wanted) == tuple(c.lower() for c in table_columns):
+        return ""
+    table = f"partitioned by {', '.join(table_columns)}" if table_columns else "not partitioned"
+    return (f"the table is {table}, config() says partition_by {', '.join(wanted) or 'none'}: rows were "
+            "appended as the table is; --full-refresh partitions it anew")
 
 
 def _data_files(fs: Any, folder: Any, depth: int) -> dict[str, list[Any]]:

@@ -289,7 +289,8 @@ def test_a_partitioned_append_moves_files_into_old_and_new_partitions(spark, tmp
 
 def test_an_append_to_a_table_of_two_partition_columns(spark, tmp_path: Path) -> None:
     """Partition folders two levels deep (a string column, then an INT one): the append finds its
-    files at that depth and registers each new (day, hour) pair, and the rows read back whole."""
+    files at that depth and registers each new (day, hour) pair, and the rows read back whole. A
+    changed partition_by is named on the node's line, not silently ignored."""
     root, node, database = table_node_project(tmp_path / "two_levels", "SELECT 1")
     node.write_text("{{ config(materialized='incremental', unique_key='id', partition_by=['day', 'hour']) }}\n"
                     "SELECT id, concat('d', id % 2) AS day, CAST(id % 3 AS INT) AS hour, CAST(id AS FLOAT) AS score\n"
@@ -303,6 +304,15 @@ def test_an_append_to_a_table_of_two_partition_columns(spark, tmp_path: Path) ->
     assert sorted(r[0] for r in spark.sql(f"SHOW PARTITIONS {table}").collect()) == \
         [f"day=d{d}/hour={h}" for d in (0, 1) for h in (0, 1, 2)]
     assert spark.sql(f"SELECT count(*) FROM {table} WHERE day = 'd1' AND hour = 2").first()[0] == 1  # id 5
+
+    # partition_by changed in config(): the append goes in as the table is partitioned, and says so.
+    node.write_text(node.read_text().replace("partition_by=['day', 'hour']", "partition_by='day'"))
+    (result,) = Project.load(root, {"n": 10}).build(spark).nodes
+    assert (result.status, result.action, result.rows) == ("success", "appended", 1)
+    assert result.message == ("the table is partitioned by day, hour, config() says partition_by day: rows were "
+                              "appended as the table is; --full-refresh partitions it anew")
+    assert sorted(r[0] for r in spark.sql(f"SHOW PARTITIONS {table}").collect())[-1] == "day=d1/hour=2"
+    assert spark.table(table).count() == 10
 
 
 def test_an_append_to_a_table_outside_its_databases_folder_goes_through_a_staging_table(spark,
