@@ -394,15 +394,12 @@ class Materializer:
         fs, staged_folder = self._file_system(self._default_location(node.name + STAGING))
         staged = _data_files(fs, staged_folder, len(table.partition_columns)) if rows else {}
         folders = self._partition_folders(node, table, list(staged))
-        count = sum(len(files) for files in staged.values())
-        moved = 0
-        for partition, files in staged.items():
-            destination = folders[partition]
-            for source in files:
-                self._move(fs, source, jvm.org.apache.hadoop.fs.Path(destination, source.getName()),
-                           f"{moved} of the {count} files of the new rows are in the table; the next build "
-                           "removes the others and appends their rows")
-                moved += 1
+        moves = [(source, folders[partition]) for partition, files in staged.items() for source in files]
+        count = len(moves)
+        for moved, (source, destination) in enumerate(moves):
+            self._move(fs, source, jvm.org.apache.hadoop.fs.Path(destination, source.getName()),
+                       f"{moved} of the {count} files of the new rows are in the table; the next build "
+                       "removes the others and appends their rows")
         fs.delete(staged_folder, True)
         if count:
             self.spark.sql(f"ALTER TABLE {self.qualified(node.name)} SET TBLPROPERTIES "
