@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from sqlinfer.build.runner import Runner, RunResult, Scored
     from sqlinfer.models.resolve import ResolvedModel
     from sqlinfer.models.udf import UdfStats
+    from sqlinfer.runtime.daemon import Prebuild
 
 
 @dataclass
@@ -51,6 +52,7 @@ class Project:
     warnings: list[str] = field(default_factory=list, repr=False)
     _resolved: tuple[ResolvedModel, ...] | None = field(default=None, repr=False)
     _nodes: NodeLoader | None = field(default=None, repr=False)
+    _prebuilt: set[str] = field(default_factory=set, repr=False)  # functions whose networks the early daemon builds
 
     @classmethod
     def load(cls, path: str | Path, variables: dict[str, Any] | None = None) -> Project:
@@ -110,15 +112,16 @@ class Project:
         return {**(defaults or {}), **self.config.spark, **(conf or {})}
 
     def session(self, master: str | None = None, conf: dict[str, Any] | None = None, *,
-                defaults: dict[str, Any] | None = None) -> SparkSession:
-        """The project's SparkSession, with :meth:`spark_conf`'s settings."""
+                defaults: dict[str, Any] | None = None, prebuild: Prebuild | None = None) -> SparkSession:
+        """The project's SparkSession, with :meth:`spark_conf`'s settings; ``prebuild`` learns
+        where its early worker daemon is (sqlinfer/runtime/daemon.py)."""
         from sqlinfer.models import flavors
         from sqlinfer.runtime import daemon
         from sqlinfer.runtime.session import build_session
 
         # Before the JVM starts: its Python worker daemon, and an early one, inherit the variable.
         os.environ[daemon.EXTRA_ENV] = ",".join(flavors.worker_modules(m.decl.flavor for m in self.models))
-        return build_session(self.target, master, self.spark_conf(conf, defaults))
+        return build_session(self.target, master, self.spark_conf(conf, defaults), prebuild)
 
     def start(self, master: str | None = None, conf: dict[str, Any] | None = None, *,
               defaults: dict[str, Any] | None = None) -> SparkSession:
@@ -128,20 +131,30 @@ class Project:
         thread while this thread imports torch, reads the weights and checks each network. A
         declaration error is raised as soon as it is found, without waiting for the JVM; the
         half-started JVM ends with this process.
+
+        The early worker daemon the session starts (a local master) gets the resolved models to
+        build before it forks the workers (sqlinfer/runtime/daemon.py); a build then does not
+        build them again in the workers (:meth:`_build_models`).
         """
+        from sqlinfer.runtime.daemon import Prebuild
+
         started: dict[str, Any] = {}
+        prebuild = Prebuild()
 
         def start_session() -> None:
             try:
-                started["spark"] = self.session(master, conf, defaults=defaults)
+                started["spark"] = self.session(master, conf, defaults=defaults, prebuild=prebuild)
             except BaseException as exc:  # re-raised in the calling thread
                 started["error"] = exc
+            finally:
+                prebuild.started(None)  # a session that failed early has no early daemon to wait for
 
         # A daemon thread: the process may exit on a declaration error while the JVM still starts.
         thread = threading.Thread(target=start_session, name="sqlinfer-start-session", daemon=True)
         thread.start()
-        self.resolve_models()
+        models = self.resolve_models()
         timeline.mark("models resolved")
+        self._prebuilt = set(prebuild.send(models))
         thread.join()
         if "error" in started:
             raise started["error"]
@@ -300,7 +313,7 @@ class Project:
         from sqlinfer.runtime.warm_up import build_models_in_workers
 
         builders = [self.stats[m.plan.udf_name].builder for m in self.resolve_models()
-                    if {m.plan.udf_name, m.plan.checked_udf_name} & functions]
+                    if {m.plan.udf_name, m.plan.checked_udf_name} & functions and m.plan.udf_name not in self._prebuilt]
         if not builders or spark.conf.get(WARM_UP_WORKERS, "true") != "true":
             return None
         return build_models_in_workers(spark, builders)
@@ -315,7 +328,7 @@ class Project:
     def _model_workers(self) -> dict[str, dict[str, dict[str, int]]]:
         """Per model function: network builds and weights reads per Python worker process (pid)."""
         return {function: {counter: {str(pid): int(n) for pid, n in sorted(stats.per_process(counter).items())}
-                           for counter in ("builds", "weights_reads")}
+                           for counter in ("builds", "weights_reads", "inherited")}
                 for function, stats in self.stats.items()}
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlinfer.errors import SessionError
-from sqlinfer.runtime import jvm_cache, timeline
+from sqlinfer.runtime import daemon, jvm_cache, timeline
 from sqlinfer.runtime.executors import check_executor_python, embedded_metastore_warning
 from sqlinfer.runtime.jvm import (
     end_jvm_at_exit,
@@ -36,8 +36,10 @@ if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 
-def build_session(target: Path, master: str | None = None, conf: Mapping[str, Any] | None = None) -> SparkSession:
-    """A SparkSession for a project; reuses the running one if this process already has one."""
+def build_session(target: Path, master: str | None = None, conf: Mapping[str, Any] | None = None,
+                  prebuild: daemon.Prebuild | None = None) -> SparkSession:
+    """A SparkSession for a project; reuses the running one if this process already has one.
+    ``prebuild`` learns where the session's early daemon is, or that it has none."""
     from pyspark import SparkContext
     from pyspark.sql import SparkSession
 
@@ -55,7 +57,9 @@ def build_session(target: Path, master: str | None = None, conf: Mapping[str, An
     archive = _class_archive(settings) if new_jvm and local else jvm_cache.Plan(None, write=False)
     if (new_jvm and local and settings[WARM_UP_WORKERS] == "true"
             and settings.get("spark.python.daemon.module") == DAEMON_MODULE):
-        _start_early_daemon()
+        _start_early_daemon(prebuild)
+    if prebuild is not None:
+        prebuild.started(None)  # no early daemon (or it has said where it is: the first word counts)
     warning = embedded_metastore_warning(settings)
     if warning and new_context:
         sys.stderr.write(f"warning: {warning}\n")
@@ -130,14 +134,14 @@ def _launch_jvm(settings: dict[str, str], log: Path) -> None:
     SparkContext._ensure_initialized(gateway=gateway)
 
 
-def _start_early_daemon() -> None:
+def _start_early_daemon(prebuild: daemon.Prebuild | None) -> None:
     """Torch imported for the worker daemon while the JVM starts (sqlinfer/runtime/daemon.py), ended at
     exit after the JVM (atexit runs last what was registered first)."""
-    from sqlinfer.runtime import daemon
-
     early = daemon.start_early()
     if early is not None:
         atexit.register(daemon.end_early, early)
+        if prebuild is not None:
+            prebuild.started(str(early.args[-1]))  # type: ignore[index]  # a list: the socket path comes last
 
 
 def _class_archive(settings: dict[str, str]) -> jvm_cache.Plan:

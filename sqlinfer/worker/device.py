@@ -79,6 +79,16 @@ def choose_device(requested: str) -> str:
     return f"cuda:{index}"
 
 
+def surely_cpu(requested: str) -> bool:
+    """Whether :func:`choose_device` gives the CPU for ``requested`` on this machine, told without
+    torch and without touching a GPU (a process about to fork workers must not initialize CUDA):
+    `cpu`, or `auto` on a machine with no GPU driver loaded (NVIDIA's or AMD's). False where it
+    cannot tell."""
+    if requested == "auto":
+        return not any(os.path.exists(driver) for driver in ("/proc/driver/nvidia", "/dev/kfd"))
+    return requested == "cpu"
+
+
 def task_threads() -> int:
     """The cores this task may use (``spark.task.cpus``); without a task, all of the process's."""
     try:

@@ -1,5 +1,7 @@
 """One network per worker process and model fingerprint: built on first use, then reused by
-every task the process runs (Spark reuses Python workers), like pyspark's ``ml/model_cache.py``."""
+every task the process runs (Spark reuses Python workers), like pyspark's ``ml/model_cache.py``;
+or built once in the worker daemon before it forks, and inherited by every worker
+(:func:`prebuild`, sqlinfer/runtime/daemon.py)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,18 @@ Stats = Callable[[dict[str, float]], None]
 
 _NETWORKS: dict[tuple[str, str], Network] = {}
 _BUILD_LOCK = threading.Lock()
+# Networks this process got built from the daemon it was forked from, not yet reported: each
+# worker reports its inherited networks once, on first use (a copy of the set per fork).
+_INHERITED: set[tuple[str, str]] = set()
+
+
+def prebuild(plan: ModelPlan, load_weights: Callable[[], Weights]) -> None:
+    """Build ``plan``'s network on the CPU in this process, for the workers it will fork to
+    inherit (the worker daemon, before its first fork). Its tensors stay in pages shared with
+    every worker: copy-on-write pages that inference only reads."""
+    key = (plan.fingerprint, "cpu")
+    _NETWORKS[key] = Network(plan, load_weights(), "cpu")
+    _INHERITED.add(key)
 
 
 def get_model(plan: ModelPlan, load_weights: Callable[[], Weights], stats: Stats) -> Network:
@@ -25,6 +39,9 @@ def get_model(plan: ModelPlan, load_weights: Callable[[], Weights], stats: Stats
     key = (plan.fingerprint, device)
     model = _NETWORKS.get(key)
     if model is not None:
+        if key in _INHERITED:
+            _INHERITED.discard(key)
+            stats({"inherited": 1})
         return model
     with _BUILD_LOCK:
         if key not in _NETWORKS:

@@ -287,6 +287,44 @@ def test_workers_fork_from_the_early_daemon(spark) -> None:
         assert "sqlinfer.runtime.daemon --early" in row and row.endswith("torch=True"), row
 
 
+def test_a_builds_workers_inherit_the_networks_the_early_daemon_built(tmp_path: Path) -> None:
+    """`sqlinfer build` on a local master: its early worker daemon builds the network (weights a
+    local file, on the CPU) before it forks the workers (sqlinfer/runtime/daemon.py), so no worker
+    builds it or reads its weights, each reports it inherited, and the logits equal plain PyTorch's."""
+    import json
+    import os
+    import subprocess
+
+    import pyarrow.parquet as pq
+    from helpers import SQLINFER
+
+    root = write_project(tmp_path / "p", MODELS.split("  - name: r18_probs")[0],
+                         "name: inherited\nsources:\n  images: {format: binaryFile, path: images}\n")
+    (root / "weights").mkdir()
+    save_random_resnet18(root / "weights" / "r18.safetensors")
+    write_images(root / "images", 40)
+    (root / "sql").mkdir()
+    node = "SELECT path, content, r18_predict(content) AS logits FROM {{ source('images') }}"
+    (root / "sql" / "scored.sql").write_text(f"{{{{ config(materialized='table') }}}}\n{node}\n")
+    own_tmp = tmp_path / "tmp"  # the early daemon's folder goes here (with the networks it was sent)
+    own_tmp.mkdir()
+    done = subprocess.run([SQLINFER, "build", str(root), "--master", "local[2]", "--conf", "spark.ui.enabled=false"],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "TMPDIR": str(own_tmp)})
+    assert done.returncode == 0, done.stderr
+    workers = json.loads((root / "target" / "run_results.json").read_text())["model_workers"]["r18_predict"]
+    assert workers["builds"] == {} and workers["weights_reads"] == {}, workers
+    assert len(workers["inherited"]) >= 1 and set(workers["inherited"].values()) == {1}, workers
+    assert list(own_tmp.glob("sqlinfer-daemon-*")) == []  # removed, networks file and all
+
+    folders = {path.parent for path in (root / "target" / "warehouse").rglob("*.parquet")}
+    assert len(folders) == 1, folders
+    table = pq.read_table(folders.pop()).to_pydict()
+    assert len(table["path"]) == 40
+    with torch.inference_mode():
+        expected = reference_network(root)(reference_inputs(table["content"])).numpy()
+    np.testing.assert_allclose(np.array(table["logits"], dtype=np.float32), expected, atol=1e-4, rtol=0)
+
+
 @pytest.mark.parametrize("output", ["logits", "probabilities", "embedding", "label", "topk",
                                     ("label", "probabilities"), ("topk", "logits")])
 def test_return_types_parsed_in_python_equal_sparks_own_parse(spark, output: str | tuple[str, ...]) -> None:

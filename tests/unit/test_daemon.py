@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 from sqlinfer.runtime.daemon import ARROW_JEMALLOC_CONF, EXTRA_ENV, PRELOAD
 
@@ -91,3 +92,96 @@ def _running(pid: int) -> bool:
             return "\nState:\tZ" not in status.read()
     except FileNotFoundError:
         return False
+
+
+def test_the_cpu_is_told_without_torch_or_a_gpu(monkeypatch) -> None:
+    """What the driver hands the early daemon to build must run on the CPU: `auto` counts as the
+    CPU only where no GPU driver is loaded (a process that forks must not initialize CUDA)."""
+    from sqlinfer.worker import device
+
+    assert device.surely_cpu("cpu") and not device.surely_cpu("cuda")
+    monkeypatch.setattr(device.os.path, "exists", lambda path: False)
+    assert device.surely_cpu("auto")
+    monkeypatch.setattr(device.os.path, "exists", lambda path: path == "/proc/driver/nvidia")
+    assert not device.surely_cpu("auto") and device.surely_cpu("cpu")
+
+
+LIN_MODELS = """\
+models:
+  - name: lin
+    flavor: torchscript
+    weights: weights/lin.pt
+    input: tensor
+    shape: [2, 3]
+    output: logits
+  - name: lin_gpu
+    flavor: torchscript
+    weights: weights/lin.pt
+    input: tensor
+    shape: [2, 3]
+    output: logits
+    device: cuda
+"""
+
+BUILD_IN_DAEMON = """
+import json, pickle, sys
+from pathlib import Path
+from sqlinfer.runtime.daemon import NETWORKS_FILE, NetworkBuilder, _threads
+from sqlinfer.worker import model_cache
+
+file = Path(sys.argv[1]) / NETWORKS_FILE
+(plan, _), = pickle.loads(file.read_bytes())
+builder = NetworkBuilder(file)
+builder.build_next()
+builder.build_next()  # nothing left: no error
+reported = []
+
+def no_weights():
+    raise AssertionError("the worker read the weights")
+
+for _ in range(2):  # a worker's first task reports the inherited network, its next ones nothing
+    network = model_cache.get_model(plan, no_weights, reported.append)
+print(json.dumps({"threads": _threads(), "built": [key[1] for key in model_cache._NETWORKS],
+                  "reported": reported, "module": type(network.module).__name__}))
+"""
+
+
+def test_the_early_daemon_builds_the_networks_its_driver_sends(tmp_path) -> None:
+    """Prebuild.send (the driver) writes the local-file CPU models for the early daemon;
+    NetworkBuilder (the daemon) builds them before any fork without starting a thread, and a
+    worker forked from it finds the network built, reads no weights and reports it once."""
+    import torch
+
+    from sqlinfer import Project
+    from sqlinfer.runtime.daemon import NETWORKS_FILE, Prebuild
+
+    root = tmp_path / "p"
+    (root / "weights").mkdir(parents=True)
+    (root / "models.yml").write_text(LIN_MODELS)
+    (root / "sqlinfer_project.yml").write_text("name: lin\n")
+    torch.jit.save(torch.jit.script(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(6, 4))),
+                   str(root / "weights" / "lin.pt"))
+    models = Project.load(root).resolve_models()
+
+    nowhere = Prebuild()
+    nowhere.started(None)
+    assert nowhere.send(models) == []
+
+    folder = tmp_path / "daemon"
+    folder.mkdir()
+    prebuild = Prebuild()
+    prebuild.started(str(folder / "daemon.sock"))
+    prebuild.started(None)  # the first word counts
+    assert prebuild.send(models) == ["lin_predict"]  # not the model declared for cuda
+    # Nor a model whose class is a file of the project (the python flavor): Spark ships that file
+    # to the workers, not to their daemon.
+    assert prebuild.send([SimpleNamespace(plan=models[0].plan, weights=models[0].weights,
+                                          python_files=(root / "net.py",))]) == []
+    assert sorted(p.name for p in folder.iterdir()) == [NETWORKS_FILE]
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", BUILD_IN_DAEMON, str(folder)], env=env, capture_output=True,
+                          text=True, check=True)
+    report = json.loads(done.stdout)
+    assert report == {"threads": 1, "built": ["cpu"], "reported": [{"inherited": 1}],
+                      "module": "RecursiveScriptModule"}, done.stderr
