@@ -15,6 +15,11 @@ process exits and waits for it (see :func:`sqlinfer.runtime.jvm.end_jvm_at_exit`
 that one command slower, once per machine), then moves the archive into place, so a half-written archive is
 never used. An archive the JVM cannot use (another JDK, another class path) is
 ignored by the JVM, and its log lines about archives are silenced.
+
+Every JDK or PySpark upgrade, and every other driver class path, makes a new archive of about
+200 MB under a new key, and nothing would ever use the old one again: a session that uses an
+archive marks it (its modification time, refreshed once a day), and writing a new archive
+removes those no session has used for :data:`UNUSED_DAYS` days.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import time
 from importlib import metadata
 from pathlib import Path
 
@@ -30,6 +36,9 @@ ENV = "SQLINFER_JVM_CACHE"
 QUIET = "-Xlog:cds=off -Xlog:cds+dynamic=off"
 # Options that say the user manages class sharing; sqlinfer then adds none.
 USER_CDS_OPTIONS = ("SharedArchiveFile", "ArchiveClassesAtExit", "-Xshare")
+# An archive no session has used for this many days is removed when a new one is written.
+UNUSED_DAYS = 30
+DAY_S = 24 * 3600
 
 
 def cache_folder() -> Path | None:
@@ -99,6 +108,7 @@ class Plan:
         try:
             if exit_code == 0 and temporary.is_file() and temporary.stat().st_size > 0:
                 os.replace(temporary, self.archive)
+                _remove_unused(self.archive)
             elif exit_code == 0:
                 # No archive from a clean exit: this JDK cannot write one. Do not ask again.
                 self.archive.with_name(self.archive.name + ".unsupported").touch()
@@ -118,6 +128,7 @@ def plan(user_java_options: str, extra_class_path: str = "") -> Plan:
     if archive is None:
         return Plan(None, write=False)
     if archive.is_file():
+        _mark_used(archive)
         return Plan(archive, write=False)
     if archive.with_name(archive.name + ".unsupported").exists():
         return Plan(None, write=False)
@@ -142,6 +153,26 @@ def _remove_stale(archive: Path) -> None:
             continue
         if not _alive(pid):
             leftover.unlink(missing_ok=True)
+
+
+def _mark_used(archive: Path) -> None:
+    """Note that a session uses ``archive`` (its modification time; at most one write a day)."""
+    try:
+        if time.time() - archive.stat().st_mtime > DAY_S:
+            os.utime(archive)
+    except OSError:  # a read-only cache: the archive then only ages, and is still used
+        pass
+
+
+def _remove_unused(kept: Path) -> None:
+    """The other archives in ``kept``'s folder that no session has used for UNUSED_DAYS days."""
+    cutoff = time.time() - UNUSED_DAYS * DAY_S
+    for archive in kept.parent.glob("spark-*.jsa"):
+        try:
+            if archive != kept and archive.stat().st_mtime < cutoff:
+                archive.unlink()
+        except OSError:  # in use or removed by another process: leave it
+            continue
 
 
 def _alive(pid: int) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -108,3 +109,34 @@ def test_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_class_path_is_part_of_the_key(cache: Path) -> None:
     assert jvm_cache.archive_path("") != jvm_cache.archive_path("/extra/jars/*")
+
+
+def test_writing_an_archive_removes_those_unused_for_a_month(cache: Path) -> None:
+    """An upgrade of the JDK or PySpark keys a new archive (about 200 MB each): the old ones no
+    session uses go when the next one is written; one used within the month stays."""
+    cache.mkdir()
+    now = time.time()
+    old, recent = cache / "spark-0000000000000001.jsa", cache / "spark-0000000000000002.jsa"
+    unrelated = cache / "notes.txt"
+    for path, days in ((old, 31), (recent, 29), (unrelated, 400)):
+        path.write_bytes(b"x")
+        os.utime(path, (now - days * 86400, now - days * 86400))
+    writer = jvm_cache.plan("")
+    assert writer.archive is not None
+    Path(f"{writer.archive}.{os.getpid()}.tmp").write_bytes(b"archive")
+    writer.finish(0)
+    assert sorted(cache.iterdir()) == sorted([writer.archive, recent, unrelated])
+
+
+def test_a_session_that_uses_an_archive_marks_it_at_most_daily(cache: Path) -> None:
+    writer = jvm_cache.plan("")
+    assert writer.archive is not None
+    Path(f"{writer.archive}.{os.getpid()}.tmp").write_bytes(b"archive")
+    writer.finish(0)
+    month_ago, hour_ago = time.time() - 30 * 86400, time.time() - 3600
+    os.utime(writer.archive, (month_ago, month_ago))
+    assert jvm_cache.plan("").archive == writer.archive
+    assert writer.archive.stat().st_mtime > hour_ago  # marked used now
+    os.utime(writer.archive, (hour_ago, hour_ago))
+    jvm_cache.plan("")
+    assert writer.archive.stat().st_mtime == pytest.approx(hour_ago)  # used within the day: not rewritten
