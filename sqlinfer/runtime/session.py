@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sqlinfer.errors import SessionError
 from sqlinfer.runtime import daemon, jvm_cache, timeline
 from sqlinfer.runtime.executors import check_executor_python, embedded_metastore_warning
 from sqlinfer.runtime.jvm import (
@@ -28,7 +29,6 @@ from sqlinfer.runtime.jvm import (
     quiet_arrow_udf_hint,
     quiet_query_error_logs,
 )
-from sqlinfer.runtime.jvm_launch import LaunchedJvm
 from sqlinfer.runtime.settings import DAEMON_MODULE, WARM_UP_WORKERS, is_local, session_conf, spark_log_path
 from sqlinfer.runtime.warm_up import warm_up_catalog, warm_up_workers
 
@@ -39,17 +39,18 @@ if TYPE_CHECKING:
 def build_session(target: Path, master: str | None = None, conf: Mapping[str, Any] | None = None,
                   prebuild: daemon.Prebuild | None = None) -> SparkSession:
     """A SparkSession for a project; reuses the running one if this process already has one.
-    ``prebuild`` learns where the session's early daemon is, or that it has none.
+    ``prebuild`` learns where the session's early daemon is, or that it has none."""
+    from pyspark import SparkContext
+    from pyspark.sql import SparkSession
 
-    A new JVM is launched before PySpark is imported (sqlinfer/runtime/jvm_launch.py): it starts
-    while this thread imports PySpark."""
     from sqlinfer.runtime.metastore import clear_hive_scratch, ensure_metastore_free
 
+    timeline.mark("PySpark imported")
+    quiet_arrow_udf_hint()
     settings = session_conf(target, master or _spark_submit_master(), conf or {})
     ensure_metastore_free(settings)
-    context = sys.modules.get("pyspark")  # not imported yet: this process has no JVM
-    new_jvm = context is None or context.SparkContext._gateway is None  # else getOrCreate reuses it
-    new_context = context is None or context.SparkContext._active_spark_context is None
+    new_jvm = SparkContext._gateway is None  # else getOrCreate reuses it
+    new_context = SparkContext._active_spark_context is None
     if new_jvm:
         clear_hive_scratch(settings, target.resolve())
     local = is_local(settings["spark.master"])
@@ -69,18 +70,12 @@ def build_session(target: Path, master: str | None = None, conf: Mapping[str, An
     if local:
         # Everything stays on this machine: bind to loopback, not the first network interface.
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    launched = _launch_jvm(settings, spark_log_path(target)) if new_jvm else None
-    from pyspark import SparkContext
-    from pyspark.sql import SparkSession
-
-    timeline.mark("PySpark imported")
-    quiet_arrow_udf_hint()
     builder = SparkSession.builder
     for key, value in settings.items():
         builder = builder.config(key, value)
     try:
-        if launched is not None:
-            SparkContext._ensure_initialized(gateway=launched.connect())
+        if new_jvm:
+            _launch_jvm(settings, spark_log_path(target))
             timeline.mark("JVM started")
         spark = builder.enableHiveSupport().getOrCreate()
         timeline.mark("Spark session ready")
@@ -116,15 +111,27 @@ def _spark_submit_master() -> str | None:
     return submitted
 
 
-def _launch_jvm(settings: dict[str, str], log: Path) -> LaunchedJvm:
+def _launch_jvm(settings: dict[str, str], log: Path) -> None:
     """Start the JVM the session will use, its stderr going to ``log`` instead of the terminal.
 
-    PySpark would start it inside ``getOrCreate``, with the terminal's stderr and no way to pass
-    another; launched here first (the way PySpark does), ``getOrCreate`` finds it running. Its
-    stdout stays the command's.
+    PySpark starts it inside ``getOrCreate`` with the terminal's stderr and no way to pass another,
+    so it is started here, the way PySpark does (every setting a ``--conf`` of spark-submit), with
+    ``popen_kwargs``; ``getOrCreate`` then finds it running. Its stdout stays the command's.
     """
+    from pyspark import SparkConf, SparkContext
+    from pyspark.errors import PySparkRuntimeError
+    from pyspark.java_gateway import launch_gateway
+
+    conf = SparkConf(loadDefaults=False).setAll(list(settings.items()))
     with open_spark_log(log) as stderr:  # the JVM has its own copy of the file now
-        return LaunchedJvm(settings, stderr)
+        try:
+            gateway = launch_gateway(conf, popen_kwargs={"stderr": stderr})
+        except PySparkRuntimeError as exc:
+            if exc.getCondition() != "JAVA_GATEWAY_EXITED":
+                raise
+            raise SessionError("the Spark JVM did not start: is Java 17 or later installed (java on PATH, or "
+                               "JAVA_HOME)?", code="session.jvm_failed") from exc
+    SparkContext._ensure_initialized(gateway=gateway)
 
 
 def _start_early_daemon(prebuild: daemon.Prebuild | None) -> None:
