@@ -108,19 +108,8 @@ def test_the_cpu_is_told_without_torch_or_a_gpu(monkeypatch) -> None:
 
 LIN_MODELS = """\
 models:
-  - name: lin
-    flavor: torchscript
-    weights: weights/lin.pt
-    input: tensor
-    shape: [2, 3]
-    output: logits
-  - name: lin_gpu
-    flavor: torchscript
-    weights: weights/lin.pt
-    input: tensor
-    shape: [2, 3]
-    output: logits
-    device: cuda
+  - {name: lin, flavor: torchscript, weights: weights/lin.pt, input: tensor, shape: [2, 3]}
+  - {name: lin_gpu, flavor: torchscript, weights: weights/lin.pt, input: tensor, shape: [2, 3], device: cuda}
 """
 
 BUILD_IN_DAEMON = """
