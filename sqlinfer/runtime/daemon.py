@@ -25,7 +25,7 @@ daemon that is ready at once. When there is no early daemon to take (already tak
 machine), the launched daemon does the imports and runs the loop itself.
 
 While it waits, the early daemon also builds the command's networks (:class:`Prebuild`): the
-driver hands it the models whose weights are a local file and who run on the CPU, and it builds
+driver hands it the models whose weights are a local file and that run on the CPU, and it builds
 them one by one until the launched daemon comes. Every worker it forks then inherits them, built
 once instead of once per worker (0.24 s of CPU each for a ResNet-18), in time the cores would
 otherwise idle away while the JVM starts, with their weights in pages the workers share.
