@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from sqlinfer.worker.device import usable_cores
+
 # Rows per Arrow batch sent to a Python worker. Small batches keep worker memory flat; the
 # model's own batch size is independent of this (see docs/performance.md).
 DEFAULT_ARROW_BATCH = 16
@@ -105,7 +107,7 @@ def conf_text(value: Any) -> str:
 
 def local_jvm_options(user_options: str, cores: int | None = None) -> str:
     """JIT and GC settings for the embedded local JVM, which runs the tasks too, on a machine of
-    ``cores`` cores (this one's by default).
+    ``cores`` cores (by default the cores this process may run on: its CPU affinity).
 
     In a model job the JVM's own work per row is small next to the Python workers', but in a
     fresh JVM the C2 compiler and G1 spent more CPU than that work itself: about 37 s of JVM CPU
@@ -129,6 +131,6 @@ def local_jvm_options(user_options: str, cores: int | None = None) -> str:
     """
     options = ["-XX:TieredStopAtLevel=1", "-XX:ReservedCodeCacheSize=240m", "-XX:MetaspaceSize=64m"]
     if not re.search(r"-XX:\+Use\w*GC\b", user_options):
-        few_cores = (cores or os.cpu_count() or 1) <= SERIAL_GC_CORES
+        few_cores = (cores or usable_cores()) <= SERIAL_GC_CORES
         options.append("-XX:+UseSerialGC" if few_cores else "-XX:+UseParallelGC")
     return " ".join(options)

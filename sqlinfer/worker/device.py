@@ -99,4 +99,10 @@ def task_threads() -> int:
             return max(1, int(context.cpus()))
     except Exception:  # no pyspark or no task context: the process's cores
         pass
+    return usable_cores()
+
+
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity (a container's or taskset's cpuset),
+    not the machine's count that ``os.cpu_count()`` gives."""
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)

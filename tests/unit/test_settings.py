@@ -3,7 +3,6 @@ top, the local JVM's options, and YAML values spelt as Spark spells them."""
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -20,10 +19,11 @@ from sqlinfer.runtime.settings import (
     session_conf,
     spark_log_path,
 )
+from sqlinfer.worker.device import usable_cores
 
 C1 = "-XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=240m -XX:MetaspaceSize=64m"
 # The collector sqlinfer picks for the local JVM on this machine (serial on up to 2 cores).
-LOCAL_JIT = f"{C1} -XX:+Use{'Serial' if (os.cpu_count() or 1) <= 2 else 'Parallel'}GC"
+LOCAL_JIT = f"{C1} -XX:+Use{'Serial' if usable_cores() <= 2 else 'Parallel'}GC"
 
 
 def base_options(target: Path) -> str:
@@ -130,6 +130,18 @@ def test_a_collector_the_user_picks_replaces_ours(tmp_path: Path) -> None:
 ])
 def test_local_jvm_options(user: str, cores: int, options: str) -> None:
     assert local_jvm_options(user, cores) == options
+
+
+def test_the_collector_follows_the_cores_this_process_may_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A container or taskset that gives the JVM 2 of a machine's 16 cores: the serial collector,
+    as on a 2-core machine (os.cpu_count() would say 16)."""
+    from sqlinfer.worker import device
+
+    monkeypatch.setattr(device.os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(device.os, "sched_getaffinity", lambda _pid: {4, 5}, raising=False)
+    assert local_jvm_options("") == f"{C1} -XX:+UseSerialGC"
+    monkeypatch.setattr(device.os, "sched_getaffinity", lambda _pid: set(range(8)), raising=False)
+    assert local_jvm_options("") == f"{C1} -XX:+UseParallelGC"
 
 
 @pytest.mark.parametrize(("value", "text"), [
