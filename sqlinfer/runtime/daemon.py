@@ -99,10 +99,16 @@ def preload() -> float:
                 importlib.import_module(name)
         except Exception:  # any import failure surfaces in the worker instead, where users see it
             continue
-    if _threads() > 1:
-        print(f"sqlinfer.daemon: a preloaded module started a thread ({_threads()} threads) before "
-              "the daemon forks its workers", file=sys.stderr)
+    report_threads("a preloaded module")
     return time.perf_counter() - started
+
+
+def report_threads(cause: str) -> None:
+    """Say so on stderr when ``cause`` has left this process with a thread: forking it is no
+    longer safe."""
+    if _threads() > 1:
+        print(f"sqlinfer.daemon: {cause} started a thread ({_threads()} threads) before the daemon "
+              "forks its workers", file=sys.stderr)
 
 
 EARLY_ENV = "SQLINFER_EARLY_DAEMON"
@@ -173,7 +179,12 @@ def end_early(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         proc.kill()
     proc.wait()
-    _remove_socket(str(proc.args[-1]))  # type: ignore[index]  # a list: the socket path comes last (start_early)
+    _remove_socket(socket_path(proc))
+
+
+def socket_path(proc: subprocess.Popen[bytes]) -> str:
+    """Where the early daemon ``proc`` (from :func:`start_early`) listens."""
+    return str(proc.args[-1])  # type: ignore[index]  # a list: the socket path comes last
 
 
 def run_early(path: str, driver: int) -> None:
@@ -246,9 +257,7 @@ class NetworkBuilder:
             model_cache.prebuild(plan, read_in_place(weights, lambda _counters: None))
         except Exception:  # the workers build it themselves, and report what fails where users see it
             return
-        if _threads() > 1:
-            print(f"sqlinfer.daemon: building {plan.udf_name}'s network started a thread ({_threads()} "
-                  "threads) before the daemon forks its workers", file=sys.stderr)
+        report_threads(f"building {plan.udf_name}'s network")
 
 
 def _remove_socket(path: str) -> None:

@@ -141,7 +141,7 @@ def _start_early_daemon(prebuild: daemon.Prebuild | None) -> None:
     if early is not None:
         atexit.register(daemon.end_early, early)
         if prebuild is not None:
-            prebuild.started(str(early.args[-1]))  # type: ignore[index]  # a list: the socket path comes last
+            prebuild.started(daemon.socket_path(early))
 
 
 def _class_archive(settings: dict[str, str]) -> jvm_cache.Plan:
