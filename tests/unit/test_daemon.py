@@ -174,3 +174,35 @@ def test_the_early_daemon_builds_the_networks_its_driver_sends(tmp_path) -> None
     report = json.loads(done.stdout)
     assert report == {"threads": 1, "built": ["cpu"], "reported": [{"inherited": 1}],
                       "module": "RecursiveScriptModule"}, done.stderr
+
+
+DAEMON_WITH_EXIT_HANDLER = """
+import atexit, pathlib, sys
+atexit.register(pathlib.Path(sys.argv[1]).write_text, "torn down")
+from sqlinfer.runtime.daemon import run_pyspark_daemon
+run_pyspark_daemon()
+"""
+
+
+def test_the_daemon_ends_without_pythons_teardown_when_spark_stops_it(tmp_path) -> None:
+    """Spark stops its daemon with SIGTERM; the JVM's own exit then waits for the daemon's (up to
+    300 ms), so the daemon skips Python's teardown (atexit handlers, module clean-up): it ends
+    with PySpark's exit code, and an exit handler never runs."""
+    import signal
+    import struct
+
+    marker = tmp_path / "teardown"
+    env = {**os.environ, "PYTHON_UNIX_DOMAIN_ENABLED": "false"}
+    proc = subprocess.Popen([sys.executable, "-c", DAEMON_WITH_EXIT_HANDLER, str(marker)], env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        port = struct.unpack("!i", proc.stdout.read(4))[0]  # PySpark's daemon says where it listens
+        assert 0 < port < 65536
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 1  # PySpark's code for a daemon ended by SIGTERM
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not marker.exists()
+    assert proc.stderr is not None and proc.stderr.read() == b""
