@@ -373,9 +373,7 @@ class Materializer:
             self._move(fs, backup, path)  # the old files back: readers of the table see them again
             raise
         self._replaced_folders.append(str(backup))
-        # The statement also drops the session's cached listing of the table's files.
-        self.spark.sql(f"ALTER TABLE {self.qualified(node.name)} SET TBLPROPERTIES "
-                       f"({_pairs(self._properties(node, models))})")
+        self._set_properties(node.name, self._properties(node, models))
 
     def _append_files(self, node: Node, table: TableFolder, models: dict[str, str], rows: int) -> None:
         """Append the staging folder's files to the table by moving them into its folder (into the
@@ -402,8 +400,7 @@ class Materializer:
                        "removes the others and appends their rows")
         fs.delete(staged_folder, True)
         if count:
-            self.spark.sql(f"ALTER TABLE {self.qualified(node.name)} SET TBLPROPERTIES "
-                           f"({_pairs(self._properties(node, models))})")
+            self._set_properties(node.name, self._properties(node, models))
         if count and table.partition_columns:
             # A partition's files are listed through the session's file-status cache, which the
             # ALTER leaves as it is: the rows moved into partitions read before (by the key
@@ -506,6 +503,22 @@ class Materializer:
             self._rename(name, name + BACKUP)
             self._replaced.append(name + BACKUP)
         self._rename(name + STAGING, name)
+
+    def _set_properties(self, name: str, properties: dict[str, str]) -> None:
+        """``ALTER TABLE name SET TBLPROPERTIES (...)``, run as the command the statement becomes,
+        without the SQL parser: the first ALTER of a process spent a third of its time parsing
+        (the parser's first pass over that statement's grammar): 0.32-0.34 s against 0.21-0.28 s
+        on projects/digits. Like the statement, it has the metastore count the table's files (its
+        size statistics, which Spark's planner reads) and drops the session's cached listing of them."""
+        jvm = self.spark._jvm
+        assert jvm is not None
+        entries = jvm.java.util.HashMap()
+        for key, value in properties.items():
+            entries.put(key, value)
+        table = jvm.org.apache.spark.sql.catalyst.TableIdentifier(name, jvm.scala.Some(self.database))
+        command = jvm.org.apache.spark.sql.execution.command.AlterTableSetPropertiesCommand(
+            table, jvm.PythonUtils.toScalaMap(entries), False)
+        command.run(self.spark._jsparkSession)
 
     def _rename(self, old: str, new: str) -> None:
         """Rename a table of this database (its folder moves with it).
