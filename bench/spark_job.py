@@ -52,10 +52,11 @@ def baseline_session(target: Path, master: str | None) -> Any:
 
 def images_view(spark: Any, name: str, folder: Path) -> int:
     """The JPEGs of ``folder`` as a view, in tasks of equal numbers of files as sqlinfer makes them
-    for a binaryFile source: a coalesce any user can copy (every contender gets it)."""
-    from sqlinfer.build.sources import pack_files
+    for a binaryFile source: a coalesce and a read in a session of its own, which any user can
+    copy (every contender gets it)."""
+    from sqlinfer.build.sources import binary_files
 
-    frame = pack_files(spark, spark.read.format("binaryFile").option("pathGlobFilter", "*.jpg").load(str(folder)))
+    frame, _ = binary_files(spark, str(folder), {"pathGlobFilter": "*.jpg"})
     frame.createOrReplaceTempView(name)
     return frame.rdd.getNumPartitions()
 

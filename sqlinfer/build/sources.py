@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlinfer.build.config import Source
 from sqlinfer.errors import BuildError
@@ -15,17 +15,21 @@ from sqlinfer.runtime.spark_errors import first_line
 from sqlinfer.yamlfile import LineDict
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, DataFrameReader, SparkSession
+    from pyspark.sql import DataFrame, SparkSession
 
-# How a binaryFile source's files become tasks. Spark packs files by bytes, counting each file as
-# at least spark.sql.files.openCostInBytes (4 MB): small images make count-balanced pieces of at
-# most 32 files, which sqlinfer merges (a coalesce: no shuffle) into about TASKS_PER_CORE tasks per
-# core. A model's time goes by rows, not bytes: packing the files by bytes into one task per core
-# gave the bench's 1,000 JPEGs tasks of 424 and 576 rows, and one core idled for the last 5 s of
-# 21 (docs/performance.md). Several equal tasks per core keep every core busy to the end; the
-# caps keep a task's retry small on big sources.
+# How a binaryFile source's files become tasks. Spark packs files by bytes into pieces, counting
+# each file as at least spark.sql.files.openCostInBytes; sqlinfer merges the pieces (a coalesce: no
+# shuffle) into about TASKS_PER_CORE tasks per core of equal numbers of files. A model's time goes
+# by rows, not bytes: packing the files by bytes into one task per core gave the bench's 1,000
+# JPEGs tasks of 424 and 576 rows, and one core idled for the last 5 s of 21 (docs/performance.md).
+# Several equal tasks per core keep every core busy to the end; the caps keep a task's retry small
+# on big sources.
 TASKS_PER_CORE = 4
 MAX_FILES_PER_TASK = 1024
+# Pieces per task, at least, where the files allow: tasks then differ by at most a small piece.
+# With Spark's 4 MB open cost a piece held 32 small files, so the bench's 1,000 JPEGs made tasks
+# of 7 x 128 and 104 rows, and on 2 cores one core worked alone on the last 24 rows (about 1 s).
+PIECES_PER_TASK = 32
 # Below this many bytes of files per task (Spark's openCostInBytes: its own idea of a file's
 # cost), a source gets fewer tasks per core, down to one: small files decode in no time, and
 # each task's fixed cost (about 0.1 s for the JVM and a Python worker) is what would be split.
@@ -51,11 +55,13 @@ def register_sources(spark: SparkSession, sources: Mapping[str, Source], root: P
             if source.table is not None:
                 frame = spark.table(source.table)
             else:
-                assert source.path is not None
-                frame = _reader(spark, source).load(_source_path(root, source.path, project_file, line))
-                files = _file_count(frame)
-                if files and source.format == "binaryFile":
-                    frame = pack_files(spark, frame, source.files_per_task, files)
+                assert source.path is not None and source.format is not None
+                path = _source_path(root, source.path, project_file, line)
+                if source.format == "binaryFile":
+                    frame, files = binary_files(spark, path, _options(source), source.files_per_task)
+                else:
+                    frame = spark.read.format(source.format).options(**_options(source)).load(path)
+                    files = _file_count(frame)
             for column, expression in source.columns.items():
                 frame = frame.withColumn(column, F.expr(expression))
         except (AnalysisException, ParseException) as exc:
@@ -82,22 +88,59 @@ def _file_count(frame: DataFrame) -> int | None:
         return None
 
 
-def pack_files(spark: SparkSession, frame: DataFrame, files_per_task: int | None = None,
-               files: int | None = None) -> DataFrame:
-    """A one-row-per-file frame (binaryFile) of ``files`` files (counted when not given) in tasks
-    of equal numbers of files: ``files_per_task`` each when given, else :func:`task_count`'s.
-    Spark's pieces are merged, never split: a task holds at least one piece (up to 32 small files
-    with Spark's 4 MB openCostInBytes; fewer when that is raised)."""
-    files = _file_count(frame) if files is None else files
-    if not files:
-        return frame
+def binary_files(spark: SparkSession, path: str, options: Mapping[str, str],
+                 files_per_task: int | None = None) -> tuple[DataFrame, int | None]:
+    """The binaryFile read of ``path`` (with the reader ``options``) as a frame of ``spark``, in
+    tasks of equal numbers of files (:func:`pack_files`), and how many files it found.
+
+    The files are read in a session of their own (``newSession``: the same SparkContext, settings
+    and catalog; SQL settings of its own), whose frame then joins ``spark``: a file scan cuts its
+    pieces with the settings of the session that read it, so the pieces can be made smaller for
+    this source alone (:func:`pack_files`), where a larger open cost for the whole session would
+    also cut every table it reads from small parquet files into more tasks. A SQL setting changed
+    later in ``spark`` (``SET spark.sql.files...``) does not reach this source's scan."""
+    from pyspark.sql import DataFrame
+
+    scan = spark._jsparkSession.newSession()
+    reader = scan.read().format("binaryFile")
+    for key, value in options.items():
+        reader = reader.option(key, value)
+    read = reader.load(path)
+    jvm = spark._jvm
+    assert jvm is not None
+    frame = DataFrame(jvm.org.apache.spark.sql.classic.Dataset.ofRows(spark._jsparkSession, read.logicalPlan()), spark)
+    files = _file_count(frame)
+    return (pack_files(spark, frame, files_per_task, files, scan) if files else frame), files
+
+
+def pack_files(spark: SparkSession, frame: DataFrame, files_per_task: int | None, files: int, scan: Any) -> DataFrame:
+    """A one-row-per-file frame (binaryFile) of ``files`` files in tasks of equal numbers of files:
+    ``files_per_task`` each when given, else :func:`task_count`'s.
+
+    Spark's pieces are merged, never split. ``scan``, the (JVM) session that read the files
+    (:func:`binary_files`), gets an open cost per file that makes pieces of :func:`piece_files`
+    small files, so that every task holds many pieces and tasks differ by at most one (with
+    Spark's 4 MB open cost a piece holds up to 32 small files)."""
+    conf = spark._jsparkSession.sessionState().conf()
+    max_task_bytes = int(conf.filesMaxPartitionBytes())
     if files_per_task is not None:
         tasks = math.ceil(files / files_per_task)
     else:
         total_bytes = int(frame._jdf.queryExecution().optimizedPlan().stats().sizeInBytes())
-        max_task_bytes = int(spark._jsparkSession.sessionState().conf().filesMaxPartitionBytes())
         tasks = task_count(files, total_bytes, spark.sparkContext.defaultParallelism, max_task_bytes)
+    # Read when the scan is planned (each query), so setting it now is in time. Only raised: a
+    # larger open cost than the user's own makes pieces of fewer files.
+    open_cost = max(int(scan.sessionState().conf().filesOpenCostInBytes()), max_task_bytes // piece_files(files, tasks))
+    scan.conf().set("spark.sql.files.openCostInBytes", str(open_cost))
     return frame.coalesce(tasks)
+
+
+def piece_files(files: int, tasks: int) -> int:
+    """Small files per piece for ``files`` files in ``tasks`` tasks: :data:`PIECES_PER_TASK`
+    pieces a task where there are that many files, one file a piece below. The bench's 1,000
+    JPEGs in 8 tasks: pieces of 3 files, tasks of 123-126 (of 7 x 128 and 104 with Spark's
+    pieces of 32); a million files in 977 tasks keep Spark's 32."""
+    return max(1, files // (tasks * PIECES_PER_TASK))
 
 
 def task_count(files: int, total_bytes: int, cores: int, max_task_bytes: int) -> int:
@@ -109,16 +152,15 @@ def task_count(files: int, total_bytes: int, cores: int, max_task_bytes: int) ->
                           math.ceil(total_bytes / max_task_bytes)))
 
 
-def _reader(spark: SparkSession, source: Source) -> DataFrameReader:
-    assert source.format is not None
-    reader = spark.read.format(source.format)
+def _options(source: Source) -> dict[str, str]:
+    """The reader options of a file source: its glob, recursion and own ``options``."""
+    options = {}
     if source.glob:
-        reader = reader.option("pathGlobFilter", source.glob)
+        options["pathGlobFilter"] = source.glob
     if source.recursive:
-        reader = reader.option("recursiveFileLookup", "true")
-    for key, value in source.options.items():
-        reader = reader.option(key, conf_text(value))
-    return reader
+        options["recursiveFileLookup"] = "true"
+    options.update({key: conf_text(value) for key, value in source.options.items()})
+    return options
 
 
 def _source_path(root: Path, path: str, project_file: Path, line: int | None) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from sqlinfer.build.config import load_project_file
-from sqlinfer.build.sources import MAX_FILES_PER_TASK, SMALL_TASK_BYTES, TASKS_PER_CORE, task_count
+from sqlinfer.build.sources import MAX_FILES_PER_TASK, SMALL_TASK_BYTES, TASKS_PER_CORE, piece_files, task_count
 from sqlinfer.errors import SqlinferError
 
 MB = 1024 * 1024
@@ -27,6 +27,16 @@ MB = 1024 * 1024
 def test_task_count(files: int, total_bytes: int, cores: int, expected: int) -> None:
     assert (MAX_FILES_PER_TASK, SMALL_TASK_BYTES) == (1024, 4 * MB)
     assert task_count(files, total_bytes, cores, 128 * MB) == expected
+
+
+@pytest.mark.parametrize(("files", "tasks", "expected"), [
+    (1000, 8, 3),  # the bench's JPEGs: 8 tasks of about 42 pieces of 3 files
+    (1797, 2, 28),  # digits: 2 tasks of about 32 pieces
+    (100, 8, 1),  # few files: a piece each
+    (1_000_000, 977, 31),  # a million files at 1,024 a task: Spark's own pieces of about 32
+])
+def test_pieces_are_small_next_to_tasks(files: int, tasks: int, expected: int) -> None:
+    assert piece_files(files, tasks) == expected
 
 
 def _project(tmp_path: Path, source: str) -> Path:
