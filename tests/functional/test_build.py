@@ -316,6 +316,58 @@ def test_an_append_to_a_table_of_two_partition_columns(spark, tmp_path: Path) ->
     assert spark.table(table).count() == 10
 
 
+def test_a_partitioned_append_finds_each_partitions_folder_by_look_up_or_by_listing(spark, tmp_path: Path,
+                                                                                   monkeypatch) -> None:
+    """The partitions an append touches get their folders from the metastore: by a look-up each
+    when the table has many partitions beside them (one row into one of 40), from one listing of
+    the table's partitions when it has few per touched one (a backfill of 45). Either way the rows
+    reach a partition moved elsewhere by hand (SET LOCATION), new partitions are registered once,
+    and every row reads back."""
+    from sqlinfer.build.materialize import Materializer
+
+    used: list[str] = []
+    for method in ("_looked_up_locations", "_listed_locations"):
+        real = getattr(Materializer, method)
+
+        def spy(self, *args, _real=real, _name=method):  # the real method, its use recorded
+            used.append(_name)
+            return _real(self, *args)
+        monkeypatch.setattr(Materializer, method, spy)
+
+    root, node, database = table_node_project(tmp_path / "located", "SELECT 1")
+    node.write_text("{{ config(materialized='incremental', unique_key='id', partition_by='day') }}\n"
+                    "SELECT id, concat('d', id % {{ var('days') }}) AS day, CAST(id AS FLOAT) AS score\n"
+                    "FROM range({{ var('n') }})\n")
+    table = f"`{database}`.`numbers`"
+
+    def build(n: int, days: int) -> tuple[str, str, int | None]:
+        (result,) = Project.load(root, {"n": n, "days": days}).build(spark).nodes
+        return result.status, result.action, result.rows
+
+    assert build(40, 40) == ("success", "created", 40)  # partitions d0 .. d39, a row each
+    folder = Path(described(spark, table)["Location"].removeprefix("file:"))
+    elsewhere = tmp_path / "elsewhere_d0"
+    shutil.move(folder / "day=d0", elsewhere)
+    spark.sql(f"ALTER TABLE {table} PARTITION (day = 'd0') SET LOCATION '{elsewhere}'")
+    spark.catalog.refreshTable(f"{database}.numbers")
+    used.clear()
+
+    assert build(41, 40) == ("success", "appended", 1)  # id 40 into d0
+    assert used == ["_looked_up_locations"]
+    assert len(list(elsewhere.glob("part-*"))) == 2 and not (folder / "day=d0").exists()
+    assert sorted(r.id for r in spark.sql(f"SELECT id FROM {table} WHERE day = 'd0'").collect()) == [0, 40]
+
+    used.clear()
+    assert build(90, 45) == ("success", "appended", 49)  # ids 41 .. 89 into d0 .. d44, d40 .. d44 new
+    assert used == ["_listed_locations", "_listed_locations"]  # the second finds the new partitions
+    assert len(list(elsewhere.glob("part-*"))) == 3 and not (folder / "day=d0").exists()
+    assert sorted(r.id for r in spark.sql(f"SELECT id FROM {table} WHERE day = 'd0'").collect()) == [0, 40, 45]
+    partitions = sorted(r[0] for r in spark.sql(f"SHOW PARTITIONS {table}").collect())
+    assert partitions == sorted(f"day=d{d}" for d in range(45))
+    assert sorted(r.id for r in spark.table(table).collect()) == list(range(90))
+    assert spark.sql(f"SELECT count(*) FROM {table} WHERE day = 'd44'").first()[0] == 2  # ids 44 and 89
+
+
 def test_an_append_to_a_table_outside_its_databases_folder_goes_through_a_staging_table(spark,
                                                                                        tmp_path: Path) -> None:
     """A table moved elsewhere by hand (SET LOCATION) gets its new rows through a staging table
