@@ -226,7 +226,6 @@ def sql(project: Path, query: str, limit: int, output: Path | None, safe: bool, 
     from sqlinfer.project import Project
     from sqlinfer.runtime import timeline
     from sqlinfer.runtime.export import write_single_file
-    from sqlinfer.runtime.settings import SHORT_COMMAND
     from sqlinfer.runtime.spark_errors import jvm_ended, translate
     from sqlinfer.serve.guard import allowed, guard_conf, protect, refusal
 
@@ -234,8 +233,7 @@ def sql(project: Path, query: str, limit: int, output: Path | None, safe: bool, 
     spark_conf = _conf_pairs(conf)
     if safe:
         spark_conf = guard_conf({**loaded.config.spark, **spark_conf}, allowed(loaded))
-    short = {} if loaded.calls_models(query) else SHORT_COMMAND
-    spark = loaded.start(master, spark_conf, defaults=short)
+    spark = loaded.start(master, spark_conf, short=not loaded.calls_models(query))
     loaded.register_for_query(spark, query)
     timeline.mark("functions and sources registered")
     if safe:
@@ -418,11 +416,10 @@ def compile_command(project: Path, variables: str | None, master: str | None, co
     """Render every node to target/compiled/ and check it with Spark's analyzer (no model runs)."""
     from sqlinfer.project import Project
     from sqlinfer.runtime import timeline
-    from sqlinfer.runtime.settings import SHORT_COMMAND
 
     loaded = Project.load(project, parse_vars(variables))
     loaded.nodes().load()
-    spark = loaded.start(master, _conf_pairs(conf), defaults=SHORT_COMMAND)
+    spark = loaded.start(master, _conf_pairs(conf), short=True)
     manifest = loaded.compile(spark)
     timeline.mark("nodes compiled and analyzed")
     click.echo(f"Compiled {len(manifest.nodes)} nodes to {loaded.target / 'compiled'}; all pass Spark's analyzer.")

@@ -106,25 +106,28 @@ class Project:
                 {m.decl.name: m.decl.udf_name for m in self.models}, self._inside(self.config.seeds, "seeds"))
         return self._nodes
 
-    def spark_conf(self, conf: dict[str, Any] | None = None, defaults: dict[str, Any] | None = None) -> dict[str, Any]:
-        """The settings a command asks of Spark: ``defaults`` (the command's), then the project
-        file's `spark:` section, then ``conf`` (--conf): the later win."""
-        return {**(defaults or {}), **self.config.spark, **(conf or {})}
+    def spark_conf(self, conf: dict[str, Any] | None = None, short: bool = False) -> dict[str, Any]:
+        """The settings a command asks of Spark: a short command's (:data:`SHORT_COMMAND`), then
+        the project file's `spark:` section, then ``conf`` (--conf): the later win."""
+        from sqlinfer.runtime.settings import SHORT_COMMAND
+
+        return {**(SHORT_COMMAND if short else {}), **self.config.spark, **(conf or {})}
 
     def session(self, master: str | None = None, conf: dict[str, Any] | None = None, *,
-                defaults: dict[str, Any] | None = None, prebuild: Prebuild | None = None) -> SparkSession:
-        """The project's SparkSession, with :meth:`spark_conf`'s settings; ``prebuild`` learns
-        where its early worker daemon is (sqlinfer/runtime/daemon.py)."""
+                short: bool = False, prebuild: Prebuild | None = None) -> SparkSession:
+        """The project's SparkSession, with :meth:`spark_conf`'s settings (``short``: a command
+        that answers and exits without running a model); ``prebuild`` learns where its early
+        worker daemon is (sqlinfer/runtime/daemon.py)."""
         from sqlinfer.models import flavors
         from sqlinfer.runtime import daemon
         from sqlinfer.runtime.session import build_session
 
         # Before the JVM starts: its Python worker daemon, and an early one, inherit the variable.
         os.environ[daemon.EXTRA_ENV] = ",".join(flavors.worker_modules(m.decl.flavor for m in self.models))
-        return build_session(self.target, master, self.spark_conf(conf, defaults), prebuild)
+        return build_session(self.target, master, self.spark_conf(conf, short), prebuild, light=short)
 
     def start(self, master: str | None = None, conf: dict[str, Any] | None = None, *,
-              defaults: dict[str, Any] | None = None) -> SparkSession:
+              short: bool = False) -> SparkSession:
         """Resolve the models and start the project's session at once: what the commands do first.
 
         Both take seconds, on different cores: the JVM starts (its own process) on a background
@@ -143,7 +146,7 @@ class Project:
 
         def start_session() -> None:
             try:
-                started["spark"] = self.session(master, conf, defaults=defaults, prebuild=prebuild)
+                started["spark"] = self.session(master, conf, short=short, prebuild=prebuild)
             except BaseException as exc:  # re-raised in the calling thread
                 started["error"] = exc
             finally:

@@ -16,6 +16,15 @@ that one command slower, once per machine), then moves the archive into place, s
 never used. An archive the JVM cannot use (another JDK, another class path) is
 ignored by the JVM, and its log lines about archives are silenced.
 
+The archive holds the classes its writer's JVM loaded, and a command that only answers (`compile`,
+a `sql` query that calls no model: a *light* session) loads some 3,500 fewer than a build: no
+parquet writer, no Arrow exchange with Python workers, no web UI. A build with an archive a light
+session wrote loaded those from the jars at every start: 0.8 s more JVM CPU and wall time in the
+bench's build (4 alternating pairs, docs/performance.md). So a light session writes a *light*
+archive (``spark-<key>.light.jsa``) only where there is none, any other session uses only a full
+one and writes it where it is missing, and the full one, once there, replaces the light one for
+every session.
+
 Every JDK or PySpark upgrade, and every other driver class path, makes a new archive of about
 200 MB under a new key, and nothing would ever use the old one again: a session that uses an
 archive marks it (its modification time, refreshed once a day), and writing a new archive
@@ -39,6 +48,8 @@ USER_CDS_OPTIONS = ("SharedArchiveFile", "ArchiveClassesAtExit", "-Xshare")
 # An archive no session has used for this many days is removed when a new one is written.
 UNUSED_DAYS = 30
 DAY_S = 24 * 3600
+# Part of the key: archives of sqlinfer versions that did not tell light ones apart may be light.
+KEY_VERSION = "2"
 
 
 def cache_folder() -> Path | None:
@@ -58,22 +69,29 @@ def java_path() -> Path | None:
 
 
 def archive_path(extra_class_path: str) -> Path | None:
-    """Where the archive for this java, PySpark and class path lives (None: sharing is off)."""
+    """Where the (full) archive for this java, PySpark and class path lives (None: sharing is off)."""
     folder, java = cache_folder(), java_path()
     if folder is None or java is None:
         return None
     stat = java.stat()
-    key = "|".join([str(java), str(stat.st_mtime_ns), str(stat.st_size), metadata.version("pyspark"),
+    key = "|".join([KEY_VERSION, str(java), str(stat.st_mtime_ns), str(stat.st_size), metadata.version("pyspark"),
                     extra_class_path])
     return folder / f"spark-{hashlib.sha256(key.encode()).hexdigest()[:16]}.jsa"
 
 
-class Plan:
-    """The java options for one session, and what to do when the process ends."""
+def light_path(archive: Path) -> Path:
+    """The light archive next to the full ``archive`` (see the module docstring)."""
+    return archive.with_name(archive.name.removesuffix(".jsa") + ".light.jsa")
 
-    def __init__(self, archive: Path | None, write: bool) -> None:
+
+class Plan:
+    """The java options for one session, and what to do when the process ends (``replaces``: the
+    archive that the one this session writes makes useless)."""
+
+    def __init__(self, archive: Path | None, write: bool, replaces: Path | None = None) -> None:
         self.archive = archive
         self.write = write
+        self.replaces = replaces
 
     @property
     def options(self) -> str:
@@ -108,10 +126,12 @@ class Plan:
         try:
             if exit_code == 0 and temporary.is_file() and temporary.stat().st_size > 0:
                 os.replace(temporary, self.archive)
+                if self.replaces is not None:
+                    self.replaces.unlink(missing_ok=True)
                 _remove_unused(self.archive)
             elif exit_code == 0:
                 # No archive from a clean exit: this JDK cannot write one. Do not ask again.
-                self.archive.with_name(self.archive.name + ".unsupported").touch()
+                _unsupported_marker(self.archive).touch()
         except OSError:  # the archive is an optimization; never fail the exit on it
             pass
         finally:
@@ -119,19 +139,23 @@ class Plan:
             self._lock.unlink(missing_ok=True)
 
 
-def plan(user_java_options: str, extra_class_path: str = "") -> Plan:
+def plan(user_java_options: str, extra_class_path: str = "", *, light: bool = False) -> Plan:
     """Use the archive when there is one; otherwise let this session write it, unless another
-    process is already doing that, this JDK cannot, or the user manages class sharing."""
+    process is already doing that, this JDK cannot, or the user manages class sharing. A
+    ``light`` session (one that only answers) may use a light archive, and writes one."""
     if any(option in user_java_options for option in USER_CDS_OPTIONS):
         return Plan(None, write=False)
-    archive = archive_path(extra_class_path)
-    if archive is None:
+    full = archive_path(extra_class_path)
+    if full is None:
         return Plan(None, write=False)
-    if archive.is_file():
-        _mark_used(archive)
-        return Plan(archive, write=False)
-    if archive.with_name(archive.name + ".unsupported").exists():
+    usable = [full, light_path(full)] if light else [full]
+    for archive in usable:
+        if archive.is_file():
+            _mark_used(archive)
+            return Plan(archive, write=False)
+    if _unsupported_marker(full).exists():
         return Plan(None, write=False)
+    archive = usable[-1]
     try:
         archive.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale(archive)
@@ -140,7 +164,12 @@ def plan(user_java_options: str, extra_class_path: str = "") -> Plan:
             handle.write(str(os.getpid()))
     except OSError:  # another process writes it, or the cache folder is not writable
         return Plan(None, write=False)
-    return Plan(archive, write=True)
+    return Plan(archive, write=True, replaces=None if light else light_path(full))
+
+
+def _unsupported_marker(archive: Path) -> Path:
+    """The file that says this JDK writes no archive (one for the full and the light archive)."""
+    return archive.with_name(archive.name.replace(".light.jsa", ".jsa") + ".unsupported")
 
 
 def _remove_stale(archive: Path) -> None:

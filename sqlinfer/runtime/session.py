@@ -37,9 +37,11 @@ if TYPE_CHECKING:
 
 
 def build_session(target: Path, master: str | None = None, conf: Mapping[str, Any] | None = None,
-                  prebuild: daemon.Prebuild | None = None) -> SparkSession:
+                  prebuild: daemon.Prebuild | None = None, *, light: bool = False) -> SparkSession:
     """A SparkSession for a project; reuses the running one if this process already has one.
-    ``prebuild`` learns where the session's early daemon is, or that it has none."""
+    ``prebuild`` learns where the session's early daemon is, or that it has none; a ``light``
+    session (a command that only answers) may use, and write, a light class archive
+    (:mod:`sqlinfer.runtime.jvm_cache`)."""
     from pyspark import SparkContext
     from pyspark.sql import SparkSession
 
@@ -54,7 +56,7 @@ def build_session(target: Path, master: str | None = None, conf: Mapping[str, An
     if new_jvm:
         clear_hive_scratch(settings, target.resolve())
     local = is_local(settings["spark.master"])
-    archive = _class_archive(settings) if new_jvm and local else jvm_cache.Plan(None, write=False)
+    archive = _class_archive(settings, light) if new_jvm and local else jvm_cache.Plan(None, write=False)
     if (new_jvm and local and settings[WARM_UP_WORKERS] == "true"
             and settings.get("spark.python.daemon.module") == DAEMON_MODULE):
         _start_early_daemon(prebuild)
@@ -144,11 +146,11 @@ def _start_early_daemon(prebuild: daemon.Prebuild | None) -> None:
             prebuild.started(daemon.socket_path(early))
 
 
-def _class_archive(settings: dict[str, str]) -> jvm_cache.Plan:
+def _class_archive(settings: dict[str, str], light: bool) -> jvm_cache.Plan:
     """Class-data sharing for the JVM this call is about to start (sqlinfer/runtime/jvm_cache.py): its
     options go first in the driver's Java options, so the user's come later and win."""
     java_options = settings["spark.driver.extraJavaOptions"]
-    archive = jvm_cache.plan(java_options, settings.get("spark.driver.extraClassPath", ""))
+    archive = jvm_cache.plan(java_options, settings.get("spark.driver.extraClassPath", ""), light=light)
     if archive.options:
         settings["spark.driver.extraJavaOptions"] = f"{archive.options} {java_options}"
     return archive

@@ -87,11 +87,47 @@ def test_a_dead_writers_lock_and_half_archive_are_removed(cache: Path) -> None:
     assert lock_of(archive).read_text() == str(os.getpid())
 
 
+def written(writer: jvm_cache.Plan) -> Path:
+    """What a JVM that exits cleanly leaves: the archive ``writer`` asked it for, in place."""
+    assert writer.write and writer.archive is not None
+    Path(f"{writer.archive}.{os.getpid()}.tmp").write_bytes(writer.archive.name.encode())
+    writer.finish(0)
+    return writer.archive
+
+
+def test_a_light_session_writes_a_light_archive_that_only_light_sessions_use(cache: Path) -> None:
+    light = written(jvm_cache.plan("", light=True))
+    full = jvm_cache.archive_path("")
+    assert full is not None and light == jvm_cache.light_path(full) and light.name.endswith(".light.jsa")
+    assert jvm_cache.plan("", light=True).options == f"-XX:SharedArchiveFile={light} {jvm_cache.QUIET}"
+    build = jvm_cache.plan("")  # a build loads 3,500 classes more: it writes the full one, mapping none
+    assert (build.write, build.archive) == (True, full)
+    assert build.options.startswith("-XX:ArchiveClassesAtExit=") and str(light) not in build.options
+
+
+def test_the_full_archive_replaces_the_light_one_for_every_session(cache: Path) -> None:
+    light = written(jvm_cache.plan("", light=True))
+    full = written(jvm_cache.plan(""))
+    assert sorted(cache.iterdir()) == [full]  # the light one is gone
+    for is_light in (True, False):
+        reader = jvm_cache.plan("", light=is_light)
+        assert (reader.write, reader.archive) == (False, full)
+    assert not light.exists()
+
+
+def test_a_light_session_writes_nothing_while_a_full_archive_exists(cache: Path) -> None:
+    full = written(jvm_cache.plan(""))
+    reader = jvm_cache.plan("", light=True)
+    assert (reader.write, reader.archive) == (False, full)
+    assert sorted(cache.iterdir()) == [full]
+
+
 def test_jdk_that_cannot_write_one_is_not_asked_again(cache: Path) -> None:
     writer = jvm_cache.plan("")
     writer.finish(0)  # clean exit, no archive written
     again = jvm_cache.plan("")
     assert (again.write, again.options) == (False, "")
+    assert jvm_cache.plan("", light=True).options == ""  # nor for a light archive
 
 
 @pytest.mark.parametrize("options", ["-Xshare:off", "-XX:SharedArchiveFile=/mine.jsa",

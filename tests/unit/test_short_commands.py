@@ -9,7 +9,7 @@ import pytest
 
 from sqlinfer import Project
 from sqlinfer.runtime import timeline
-from sqlinfer.runtime.settings import SHORT_COMMAND, WARM_UP_WORKERS
+from sqlinfer.runtime.settings import WARM_UP_WORKERS
 
 MODEL_VIEW = "SELECT path, digits_predict(content).label AS predicted FROM {{ source('digits_images') }}\n"
 PLAIN_VIEW = "SELECT path FROM {{ source('digits_images') }}\n"
@@ -44,9 +44,10 @@ def test_a_project_that_cannot_render_is_assumed_to_call_models(digits_models: P
 def test_the_project_file_and_conf_win_over_a_commands_defaults(digits_models: Path) -> None:
     project_file = digits_models / "sqlinfer_project.yml"
     project_file.write_text(project_file.read_text() + "spark:\n  spark.ui.enabled: true\n")
-    settings = Project.load(digits_models).spark_conf({"spark.sql.shuffle.partitions": "4"}, SHORT_COMMAND)
+    settings = Project.load(digits_models).spark_conf({"spark.sql.shuffle.partitions": "4"}, short=True)
     assert settings == {"spark.ui.enabled": True, WARM_UP_WORKERS: "false", "spark.sql.shuffle.partitions": "4"}
-    assert Project.load(digits_models).spark_conf({WARM_UP_WORKERS: "true"}, SHORT_COMMAND)[WARM_UP_WORKERS] == "true"
+    assert Project.load(digits_models).spark_conf({WARM_UP_WORKERS: "true"}, short=True)[WARM_UP_WORKERS] == "true"
+    assert Project.load(digits_models).spark_conf({}) == {"spark.ui.enabled": True}
 
 
 def test_the_timeline_lists_moments_in_order_with_their_gaps() -> None:
