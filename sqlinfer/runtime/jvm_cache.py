@@ -50,6 +50,7 @@ UNUSED_DAYS = 30
 DAY_S = 24 * 3600
 # Part of the key: archives of sqlinfer versions that did not tell light ones apart may be light.
 KEY_VERSION = "2"
+LIGHT_SUFFIX = ".light.jsa"
 
 
 def cache_folder() -> Path | None:
@@ -81,17 +82,15 @@ def archive_path(extra_class_path: str) -> Path | None:
 
 def light_path(archive: Path) -> Path:
     """The light archive next to the full ``archive`` (see the module docstring)."""
-    return archive.with_name(archive.name.removesuffix(".jsa") + ".light.jsa")
+    return archive.with_name(archive.name.removesuffix(".jsa") + LIGHT_SUFFIX)
 
 
 class Plan:
-    """The java options for one session, and what to do when the process ends (``replaces``: the
-    archive that the one this session writes makes useless)."""
+    """The java options for one session, and what to do when the process ends."""
 
-    def __init__(self, archive: Path | None, write: bool, replaces: Path | None = None) -> None:
+    def __init__(self, archive: Path | None, write: bool) -> None:
         self.archive = archive
         self.write = write
-        self.replaces = replaces
 
     @property
     def options(self) -> str:
@@ -126,8 +125,8 @@ class Plan:
         try:
             if exit_code == 0 and temporary.is_file() and temporary.stat().st_size > 0:
                 os.replace(temporary, self.archive)
-                if self.replaces is not None:
-                    self.replaces.unlink(missing_ok=True)
+                if not self.archive.name.endswith(LIGHT_SUFFIX):  # the full one makes the light one useless
+                    light_path(self.archive).unlink(missing_ok=True)
                 _remove_unused(self.archive)
             elif exit_code == 0:
                 # No archive from a clean exit: this JDK cannot write one. Do not ask again.
@@ -164,12 +163,12 @@ def plan(user_java_options: str, extra_class_path: str = "", *, light: bool = Fa
             handle.write(str(os.getpid()))
     except OSError:  # another process writes it, or the cache folder is not writable
         return Plan(None, write=False)
-    return Plan(archive, write=True, replaces=None if light else light_path(full))
+    return Plan(archive, write=True)
 
 
 def _unsupported_marker(archive: Path) -> Path:
     """The file that says this JDK writes no archive (one for the full and the light archive)."""
-    return archive.with_name(archive.name.replace(".light.jsa", ".jsa") + ".unsupported")
+    return archive.with_name(archive.name.replace(LIGHT_SUFFIX, ".jsa") + ".unsupported")
 
 
 def _remove_stale(archive: Path) -> None:
