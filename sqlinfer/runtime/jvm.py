@@ -1,8 +1,8 @@
 """The session's JVM: where its output goes (Spark's log), its end, and quieting what PySpark
 prints about it and about SQL errors.
 
-Everything the JVM writes to stderr (Spark's log lines, the Python workers' tracebacks and
-output, which the JVM copies to its stderr, the Java launcher's messages) goes to the project's
+Everything the JVM writes (Spark's log lines, the Python workers' tracebacks and output, which
+the JVM copies to its stderr, the Java launcher's messages) goes to the project's
 ``target/logs/spark.log``, not to the terminal: the terminal keeps sqlinfer's own lines, and an
 error is the one line docs/errors.md promises, naming that file (:func:`spark_log`).
 
@@ -35,7 +35,7 @@ _SPARK_LOG: list[Path] = []  # the log of the JVM this process started, once it 
 
 
 def open_spark_log(path: Path) -> IO[bytes]:
-    """The file a JVM about to start writes its stderr to; :func:`spark_log` names it from now on.
+    """The file a JVM about to start writes its output to; :func:`spark_log` names it from now on.
 
     Each JVM starts a new log, so the file an error names holds that command's log only; the
     previous one is kept as ``spark.log.1`` (a build's log survives the `sqlinfer sql` run after it).
@@ -158,12 +158,15 @@ def jvm_process(spark: SparkSession) -> Any:
     return getattr(spark.sparkContext._gateway, "proc", None)
 
 
-def end_jvm(spark: SparkSession, *, first: Callable[[], None] | None = None, timeout_s: float = 120) -> int | None:
+def end_jvm(spark: SparkSession, *, first: Callable[[], None] | None = None, timeout_s: float = 120,
+            hand_off: Callable[[int], bool] | None = None) -> int | None:
     """Stop Spark, then end its JVM and wait for it; returns the JVM's exit code (None if unknown).
 
-    ``first`` runs before Spark stops (e.g. stopping the Thrift server). Errors are swallowed on
-    purpose: the JVM may be gone or going already (a signal to the whole process group reaches it
-    too), and whatever fails, the one thing left to do is to make sure it ends.
+    ``first`` runs before Spark stops (e.g. stopping the Thrift server). ``hand_off``, given the
+    JVM's pid once Spark has stopped, may take over waiting for its end (True): the JVM is then
+    asked to end and not waited for. Errors are swallowed on purpose: the JVM may be gone or going
+    already (a signal to the whole process group reaches it too), and whatever fails, the one
+    thing left to do is to make sure it ends.
     """
     process = jvm_process(spark)
     with quiet_py4j():
@@ -180,6 +183,7 @@ def end_jvm(spark: SparkSession, *, first: Callable[[], None] | None = None, tim
             timeline.mark("Spark stopped")
         if process is None:
             return None
+        handed_off = hand_off is not None and process.poll() is None and hand_off(process.pid)
         try:
             # Close py4j's server and connections first: their JVM threads sit in native socket
             # reads, and a JVM that exits with a thread in native code waits 300 ms for it
@@ -189,6 +193,9 @@ def end_jvm(spark: SparkSession, *, first: Callable[[], None] | None = None, tim
             pass
         try:
             process.stdin.close()  # the JVM's signal to exit (PythonGatewayServer)
+            if handed_off:
+                timeline.mark("JVM ending in the background")
+                return None
             code: int = process.wait(timeout=timeout_s)
             timeline.mark("JVM exited")
             return code
@@ -223,19 +230,43 @@ def close_accumulator_server_without_waiting(spark: SparkSession) -> None:
 
 def end_jvm_at_exit(spark: SparkSession, archive: jvm_cache.Plan) -> None:
     """When this process exits, end the session's JVM and wait for it (see the module docstring).
-    Waiting also lets a JVM that writes the class archive finish it (:mod:`.jvm_cache`)."""
+    A JVM that writes the class archive as it exits (10-25 s, :mod:`.jvm_cache`) is not waited
+    for: it lets go of the embedded metastore first, and a detached finisher waits for it."""
     proc = jvm_process(spark)
     if proc is None or proc.stdin is None or proc.pid in _ENDING:
         archive.abandon()  # a JVM this call did not start
         return
     _ENDING.add(proc.pid)
 
+    def hand_off(pid: int) -> bool:
+        try:
+            class_path = str(spark.sparkContext._jvm.System.getProperty("java.class.path"))
+        except Exception:  # the JVM is going already: wait for it, as for any other
+            return False
+        release_embedded_metastore(spark)
+        return archive.finish_later(pid, class_path)
+
     def end() -> None:
         # A warm-up thread may still wait on the JVM; py4j would log its broken call as an error.
         logging.getLogger("py4j").setLevel(logging.CRITICAL)
-        archive.finish(end_jvm(spark))
+        archive.finish(end_jvm(spark, hand_off=hand_off if archive.write else None))
 
     atexit.register(end)
+
+
+def release_embedded_metastore(spark: SparkSession) -> None:
+    """Shut down the embedded Derby metastore this session's JVM has open, so that the next
+    command can open it while this JVM is still busy exiting (it holds the database until then)."""
+    from sqlinfer.runtime.metastore import derby_folder, metastore_holder
+
+    folder = derby_folder(spark.sparkContext.getConf().get("spark.hadoop.javax.jdo.option.ConnectionURL", ""))
+    if folder is None or metastore_holder(folder) is None:
+        return  # another metastore, or this session never opened it
+    try:
+        # Derby's way to shut down every database it has open; it answers with an exception.
+        spark.sparkContext._jvm.java.sql.DriverManager.getConnection("jdbc:derby:;shutdown=true")
+    except Exception:  # the expected "Derby system shutdown", or the JVM is going anyway
+        pass
 
 
 @contextmanager

@@ -10,10 +10,14 @@ The archive belongs to the machine, not to a project: it is keyed by the java bi
 version and the driver's extra class path, and kept in ``$SQLINFER_JVM_CACHE`` (default
 ``$XDG_CACHE_HOME/sqlinfer/jvm``, i.e. ``~/.cache/sqlinfer/jvm``; ``SQLINFER_JVM_CACHE=0`` turns
 this off). The first session without one asks its JVM to write it on exit
-(``-XX:ArchiveClassesAtExit``) under a temporary name; sqlinfer ends the JVM when the Python
-process exits and waits for it (see :func:`sqlinfer.runtime.jvm.end_jvm_at_exit`; writing the archive makes
-that one command slower, once per machine), then moves the archive into place, so a half-written archive is
-never used. An archive the JVM cannot use (another JDK, another class path) is
+(``-XX:ArchiveClassesAtExit``) under a temporary name. Writing it takes the exiting JVM 10-25 s,
+which the command does not wait for: it releases the embedded metastore (so the next command
+can open it), asks the JVM to end, and leaves a detached *finisher* (``python -m
+sqlinfer.runtime.jvm_cache``, :func:`finish_detached`) to wait for the JVM and move the archive
+into place once a JVM has mapped it (``-Xshare:on``), so that a half-written archive (a machine
+shut down meanwhile, a killed JVM) is never used. Where a process cannot wait for a JVM it did
+not start (no ``os.pidfd_open``), the command waits itself and moves the archive from a clean
+exit (:meth:`Plan.finish`). An archive the JVM cannot use (another JDK, another class path) is
 ignored by the JVM, and its log lines about archives are silenced.
 
 The archive holds the classes its writer's JVM loaded, and a command that only answers (`compile`,
@@ -35,7 +39,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import select
 import shutil
+import subprocess
+import sys
 import time
 from importlib import metadata
 from pathlib import Path
@@ -51,6 +58,8 @@ DAY_S = 24 * 3600
 # Part of the key: archives of sqlinfer versions that did not tell light ones apart may be light.
 KEY_VERSION = "2"
 LIGHT_SUFFIX = ".light.jsa"
+# How long a finisher waits for the JVM to write the archive and exit before it gives up.
+WRITE_TIMEOUT_S = 600
 
 
 def cache_folder() -> Path | None:
@@ -91,6 +100,7 @@ class Plan:
     def __init__(self, archive: Path | None, write: bool) -> None:
         self.archive = archive
         self.write = write
+        self.finished_later = False  # a finisher has taken over (finish_later)
 
     @property
     def options(self) -> str:
@@ -118,24 +128,39 @@ class Plan:
     def finish(self, exit_code: int | None) -> None:
         """After the JVM has exited: move the archive it wrote into place (only from a clean
         exit, so a half-written archive is never used)."""
-        if not self.write:
+        if not self.write or self.finished_later:
             return
         assert self.archive is not None
         temporary = self._temporary
         try:
             if exit_code == 0 and temporary.is_file() and temporary.stat().st_size > 0:
-                os.replace(temporary, self.archive)
-                if not self.archive.name.endswith(LIGHT_SUFFIX):  # the full one makes the light one useless
-                    light_path(self.archive).unlink(missing_ok=True)
-                _remove_unused(self.archive)
+                _put_in_place(temporary, self.archive)
             elif exit_code == 0:
                 # No archive from a clean exit: this JDK cannot write one. Do not ask again.
                 _unsupported_marker(self.archive).touch()
         except OSError:  # the archive is an optimization; never fail the exit on it
             pass
         finally:
-            temporary.unlink(missing_ok=True)
-            self._lock.unlink(missing_ok=True)
+            _release(self.archive)
+
+    def finish_later(self, jvm_pid: int, class_path: str) -> bool:
+        """Before the JVM (``jvm_pid``, alive) is asked to end: leave moving its archive into place
+        to a detached finisher, which takes over the lock. False where that cannot be done (the
+        caller then waits for the JVM and calls :meth:`finish`)."""
+        java = java_path()
+        if not self.write or self.archive is None or java is None or not hasattr(os, "pidfd_open"):
+            return False
+        command = [sys.executable, "-m", __name__, str(jvm_pid), str(self._temporary), str(self.archive),
+                   str(java), class_path]
+        try:
+            # Its own session: a Ctrl-C or a hang-up of the terminal the command ran in does not reach it.
+            finisher = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
+            self._lock.write_text(str(finisher.pid), encoding="utf-8")
+        except OSError:
+            return False
+        self.finished_later = True
+        return True
 
 
 def plan(user_java_options: str, extra_class_path: str = "", *, light: bool = False) -> Plan:
@@ -166,21 +191,100 @@ def plan(user_java_options: str, extra_class_path: str = "", *, light: bool = Fa
     return Plan(archive, write=True)
 
 
+def _full_path(archive: Path) -> Path:
+    """The full archive of ``archive``'s key (``archive`` itself when it is the full one)."""
+    return archive.with_name(archive.name.replace(LIGHT_SUFFIX, ".jsa"))
+
+
 def _unsupported_marker(archive: Path) -> Path:
     """The file that says this JDK writes no archive (one for the full and the light archive)."""
-    return archive.with_name(archive.name.replace(LIGHT_SUFFIX, ".jsa") + ".unsupported")
+    return archive.with_name(_full_path(archive).name + ".unsupported")
 
 
 def _remove_stale(archive: Path) -> None:
-    """Temporary archives and locks of processes that are gone (killed before they finished)."""
-    for leftover in [*archive.parent.glob(archive.name + ".*.tmp"), archive.with_name(archive.name + ".lock")]:
+    """The lock and temporary archives of a writer that is gone (killed before it finished). A
+    temporary archive is named after the command that started its JVM, and that command may be
+    gone while its finisher, which holds the lock now, waits for the JVM: the lock's holder decides."""
+    lock = archive.with_name(archive.name + ".lock")
+    try:
+        holder = int(lock.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        holder = None
+    except (OSError, ValueError):
+        return  # being written by its new holder this instant: theirs to clean
+    if holder is None or not _alive(holder):
+        _release(archive)
+
+
+def _put_in_place(temporary: Path, archive: Path) -> None:
+    """Move a written archive into place; the full one makes the light one useless, whichever of
+    the two writers finishes last."""
+    if archive.name.endswith(LIGHT_SUFFIX) and _full_path(archive).exists():
+        return
+    os.replace(temporary, archive)
+    if not archive.name.endswith(LIGHT_SUFFIX):
+        light_path(archive).unlink(missing_ok=True)
+    _remove_unused(archive)
+
+
+def finish_detached(jvm_pid: int, temporary: Path, archive: Path, java: Path, class_path: str) -> bool:
+    """The finisher (:meth:`Plan.finish_later`): wait for the JVM to exit, then move the archive it
+    wrote into place if a JVM can map it; in any case remove the temporary file and the lock.
+    True when the archive was put in place."""
+    try:
         try:
-            pid = int(leftover.read_text(encoding="utf-8") if leftover.suffix == ".lock"
-                      else leftover.name.rsplit(".", 2)[-2])
-        except (OSError, ValueError):
+            pidfd = os.pidfd_open(jvm_pid)
+        except ProcessLookupError:  # it has exited already
+            pass
+        else:
+            _lower_priority(jvm_pid)
+            with os.fdopen(pidfd) as handle:
+                ready, _, _ = select.select([handle], [], [], WRITE_TIMEOUT_S)
+            if not ready:
+                return False  # still writing after 10 minutes: never mind, a later command writes it
+        if not (temporary.is_file() and temporary.stat().st_size > 0 and _maps(java, temporary, class_path)):
+            return False
+        _put_in_place(temporary, archive)
+        return True
+    except OSError:  # the archive is an optimization; a later command writes it
+        return False
+    finally:
+        _release(archive)
+
+
+def _release(archive: Path) -> None:
+    """The writer of ``archive`` is done: its lock goes, and every temporary archive with it (only
+    the lock's holder writes one, so any other is a killed writer's)."""
+    for leftover in [*archive.parent.glob(archive.name + ".*.tmp"), archive.with_name(archive.name + ".lock")]:
+        leftover.unlink(missing_ok=True)
+
+
+def _lower_priority(pid: int) -> None:
+    """Lower the priority of every thread of ``pid`` (on Linux a priority is a thread's): what is
+    left of that JVM's work is the archive, and the user's next command comes first."""
+    try:
+        threads = [int(task.name) for task in Path(f"/proc/{pid}/task").iterdir()]
+    except OSError:
+        return
+    for thread in threads:
+        try:
+            os.setpriority(os.PRIO_PROCESS, thread, 10)
+        except OSError:  # gone, or not ours to change
             continue
-        if not _alive(pid):
-            leftover.unlink(missing_ok=True)
+
+
+def _maps(java: Path, archive: Path, class_path: str) -> bool:
+    """Whether a JVM with the sessions' class path maps ``archive``: without an exit code to go by,
+    this tells a whole archive from one whose JVM was killed while writing it (the JVM writes the
+    archive's header last; with ``-Xshare:on`` an archive it cannot map is an error)."""
+    command = [str(java), "-Xshare:on", f"-XX:SharedArchiveFile={archive}", "-Xlog:disable",
+               "-XX:-CreateCoredumpOnCrash", "-cp", class_path, "-version"]
+    try:
+        checked = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL, cwd=archive.parent, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return checked.returncode == 0
 
 
 def _mark_used(archive: Path) -> None:
@@ -211,3 +315,8 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+if __name__ == "__main__":  # the finisher: JVM_PID TEMPORARY ARCHIVE JAVA CLASS_PATH (Plan.finish_later)
+    pid, temporary_file, archive_file, java_file, classes = sys.argv[1:6]
+    finish_detached(int(pid), Path(temporary_file), Path(archive_file), Path(java_file), classes)

@@ -114,11 +114,15 @@ def _spark_submit_master() -> str | None:
 
 
 def _launch_jvm(settings: dict[str, str], log: Path) -> None:
-    """Start the JVM the session will use, its stderr going to ``log`` instead of the terminal.
+    """Start the JVM the session will use, its stdout and stderr going to ``log`` instead of the
+    terminal.
 
     PySpark starts it inside ``getOrCreate`` with the terminal's stderr and no way to pass another,
     so it is started here, the way PySpark does (every setting a ``--conf`` of spark-submit), with
-    ``popen_kwargs``; ``getOrCreate`` then finds it running. Its stdout stays the command's.
+    ``popen_kwargs``; ``getOrCreate`` then finds it running. Its stdout carries nothing of the
+    command's (PySpark prints results from Python), and a JVM that outlives the command (writing
+    the class archive, :mod:`.jvm_cache`) must not hold the command's output open: a pipe reading
+    it (``| tee``, a CI runner, ``subprocess.run``) would wait for the JVM.
     """
     from pyspark import SparkConf, SparkContext
     from pyspark.errors import PySparkRuntimeError
@@ -127,7 +131,7 @@ def _launch_jvm(settings: dict[str, str], log: Path) -> None:
     conf = SparkConf(loadDefaults=False).setAll(list(settings.items()))
     with open_spark_log(log) as stderr:  # the JVM has its own copy of the file now
         try:
-            gateway = launch_gateway(conf, popen_kwargs={"stderr": stderr})
+            gateway = launch_gateway(conf, popen_kwargs={"stdout": stderr, "stderr": stderr})
         except PySparkRuntimeError as exc:
             if exc.getCondition() != "JAVA_GATEWAY_EXITED":
                 raise

@@ -30,7 +30,7 @@ SHORT_COMMAND = {"spark.ui.enabled": "false", WARM_UP_WORKERS: "false"}
 # parallel one (see local_jvm_options).
 SERIAL_GC_CORES = 2
 LOG_CONFIG = Path(__file__).parent.parent / "resources" / "log4j2.properties"
-# Where the JVM's stderr goes, under the project's target/: Spark's log lines (LOG_CONFIG writes
+# Where the JVM's stdout and stderr go, under the project's target/: Spark's log lines (LOG_CONFIG writes
 # them to stderr), the Python workers' output (the JVM copies it to its stderr) and the Java
 # launcher's own messages. The terminal keeps sqlinfer's own lines only (docs/errors.md).
 SPARK_LOG = Path("logs") / "spark.log"

@@ -110,9 +110,11 @@ def test_timings_shows_where_a_short_commands_seconds_went(digits_copy: Path) ->
     moments = [line.split(")  ", 1)[1] for line in lines]
     # The models resolve on this thread while the JVM starts on another, before anything registers.
     assert moments.index("models resolved") < moments.index("functions and sources registered")
+    # The machine's first such command has its JVM write the class archive, and does not wait for it.
+    ended = "JVM ending in the background" if "JVM ending in the background" in moments else "JVM exited"
     assert [m for m in moments if m != "models resolved"] == [
         "command line read", "PySpark imported", "JVM started", "Spark session ready",
         "model functions registered", "functions and sources registered", "query answered", "Spark stopped",
-        "JVM exited", "exit"]
+        ended, "exit"]
     seconds = [float(line.split(" s ")[0]) for line in lines]
     assert seconds == sorted(seconds) and 0 < seconds[-1] < 120

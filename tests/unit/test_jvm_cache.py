@@ -87,6 +87,25 @@ def test_a_dead_writers_lock_and_half_archive_are_removed(cache: Path) -> None:
     assert lock_of(archive).read_text() == str(os.getpid())
 
 
+def test_a_live_finishers_lock_keeps_the_archive_its_jvm_writes(cache: Path) -> None:
+    """The command that started the writing JVM has exited (the temporary archive is named after
+    it), its finisher holds the lock and waits for the JVM: nothing of theirs is removed."""
+    archive = jvm_cache.archive_path("")
+    assert archive is not None
+    cache.mkdir()
+    finisher = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        lock_of(archive).write_text(str(finisher.pid))
+        writing = Path(f"{archive}.{dead_pid()}.tmp")
+        writing.write_bytes(b"being written")
+        other = jvm_cache.plan("")
+        assert (other.write, other.options) == (False, "")
+        assert writing.read_bytes() == b"being written" and lock_of(archive).read_text() == str(finisher.pid)
+    finally:
+        finisher.kill()
+        finisher.wait()
+
+
 def written(writer: jvm_cache.Plan) -> Path:
     """What a JVM that exits cleanly leaves: the archive ``writer`` asked it for, in place."""
     assert writer.write and writer.archive is not None
@@ -113,6 +132,15 @@ def test_the_full_archive_replaces_the_light_one_for_every_session(cache: Path) 
         reader = jvm_cache.plan("", light=is_light)
         assert (reader.write, reader.archive) == (False, full)
     assert not light.exists()
+
+
+def test_a_light_archive_finished_after_the_full_one_is_dropped(cache: Path) -> None:
+    """A light command's JVM and a full one's write at once (the light one's finisher is slower):
+    the full archive, once there, stays the only one."""
+    light = jvm_cache.plan("", light=True)
+    full = written(jvm_cache.plan(""))
+    written(light)
+    assert sorted(cache.iterdir()) == [full]
 
 
 def test_a_light_session_writes_nothing_while_a_full_archive_exists(cache: Path) -> None:
