@@ -175,6 +175,23 @@ def test_class_path_is_part_of_the_key(cache: Path) -> None:
     assert jvm_cache.archive_path("") != jvm_cache.archive_path("/extra/jars/*")
 
 
+def test_pyspark_folder_is_part_of_the_key(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same PySpark version in another virtualenv (stood in for: a second install would take
+    minutes) has its jars elsewhere, a class path this venv's archive does not match."""
+    here = jvm_cache.archive_path("")
+    installed = jvm_cache.metadata.distribution("pyspark")
+
+    class Elsewhere:
+        version = installed.version
+
+        @staticmethod
+        def locate_file(name: str) -> Path:
+            return Path("/other/venv/lib/python3.11/site-packages") / name
+
+    monkeypatch.setattr(jvm_cache.metadata, "distribution", lambda _name: Elsewhere())
+    assert jvm_cache.archive_path("") not in (here, None)
+
+
 def test_writing_an_archive_removes_those_unused_for_a_month(cache: Path) -> None:
     """An upgrade of the JDK or PySpark keys a new archive (about 200 MB each): the old ones no
     session uses go when the next one is written; one used within the month stays."""
