@@ -311,6 +311,24 @@ def _remove_unused(kept: Path) -> None:
             continue
 
 
+def wait_for_writers(timeout_s: float = 300) -> None:
+    """Wait while a process writes an archive in the cache folder (a machine's first command leaves
+    its JVM writing one after the command has returned): for measurements that must not share the
+    cores with it (bench/)."""
+    folder = cache_folder()
+    deadline = time.monotonic() + timeout_s
+    while folder is not None and time.monotonic() < deadline:
+        holders = []
+        for lock in folder.glob("*.lock"):
+            try:
+                holders.append(int(lock.read_text(encoding="utf-8")))
+            except (OSError, ValueError):  # gone, or being written this instant
+                continue
+        if not any(_alive(pid) for pid in holders):
+            return
+        time.sleep(0.2)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

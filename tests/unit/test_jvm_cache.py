@@ -221,3 +221,21 @@ def test_a_session_that_uses_an_archive_marks_it_at_most_daily(cache: Path) -> N
     os.utime(writer.archive, (hour_ago, hour_ago))
     jvm_cache.plan("")
     assert writer.archive.stat().st_mtime == pytest.approx(hour_ago)  # used within the day: not rewritten
+
+
+def test_measurements_wait_while_a_live_process_writes_an_archive(cache: Path) -> None:
+    cache.mkdir()
+    (cache / "spark-0000000000000001.jsa.lock").write_text(str(dead_pid()))
+    started = time.monotonic()
+    jvm_cache.wait_for_writers()
+    assert time.monotonic() - started < 0.5  # a dead writer's lock is no reason to wait
+    writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    (cache / "spark-0000000000000002.jsa.lock").write_text(str(writer.pid))
+    started = time.monotonic()
+    jvm_cache.wait_for_writers(timeout_s=1)
+    assert 1 <= time.monotonic() - started < 5  # waited while the writer lived, up to its timeout
+    writer.kill()
+    writer.wait()
+    started = time.monotonic()
+    jvm_cache.wait_for_writers()
+    assert time.monotonic() - started < 0.5
