@@ -282,7 +282,7 @@ def _maps(java: Path, archive: Path, class_path: str) -> bool:
     this tells a whole archive from one whose JVM was killed while writing it (the JVM writes the
     archive's header last; with ``-Xshare:on`` an archive it cannot map is an error)."""
     command = [str(java), "-Xshare:on", f"-XX:SharedArchiveFile={archive}", "-Xlog:disable",
-               "-XX:-CreateCoredumpOnCrash", "-cp", class_path, "-version"]
+               "-XX:-CreateCoredumpOnCrash", "-XX:ErrorFile=/dev/null", "-cp", class_path, "-version"]
     try:
         checked = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                  stderr=subprocess.DEVNULL, cwd=archive.parent, timeout=60, check=False)
