@@ -7,7 +7,7 @@ the JVM's CPU in a short job. With an archive of them (the JDK's dynamic AppCDS 
 before the first query (measured figures: docs/session.md and docs/performance.md).
 
 The archive belongs to the machine, not to a project: it is keyed by the java binary, PySpark's
-version and folder, and the driver's extra class path, and kept in ``$SQLINFER_JVM_CACHE`` (default
+version, folder and install time, and the driver's extra class path, and kept in ``$SQLINFER_JVM_CACHE`` (default
 ``$XDG_CACHE_HOME/sqlinfer/jvm``, i.e. ``~/.cache/sqlinfer/jvm``; ``SQLINFER_JVM_CACHE=0`` turns
 this off). The first session without one asks its JVM to write it on exit
 (``-XX:ArchiveClassesAtExit``) under a temporary name. Writing it takes the exiting JVM 10-25 s,
@@ -85,11 +85,14 @@ def archive_path(extra_class_path: str) -> Path | None:
         return None
     stat = java.stat()
     pyspark = metadata.distribution("pyspark")
-    # Where PySpark is, not only its version: its jars are the JVM's class path, which a JVM checks
-    # against the archive's; two virtualenvs with one PySpark version would share a key, and the
-    # second would never map the first one's archive, nor write its own.
+    # Where PySpark is and when its jars were installed, not only its version: the jars are the
+    # JVM's class path, which a JVM checks (paths, sizes, times) against the archive's. Two
+    # virtualenvs with one PySpark version, or one recreated in the same folder, would share a key,
+    # and the second would never map the first one's archive, nor write its own.
+    jars = Path(str(pyspark.locate_file("pyspark"))) / "jars"
+    installed = str(jars.stat().st_mtime_ns) if jars.is_dir() else ""
     key = "|".join([KEY_VERSION, str(java), str(stat.st_mtime_ns), str(stat.st_size), pyspark.version,
-                    str(pyspark.locate_file("pyspark")), extra_class_path])
+                    str(jars), installed, extra_class_path])
     return folder / f"spark-{hashlib.sha256(key.encode()).hexdigest()[:16]}.jsa"
 
 

@@ -175,21 +175,29 @@ def test_class_path_is_part_of_the_key(cache: Path) -> None:
     assert jvm_cache.archive_path("") != jvm_cache.archive_path("/extra/jars/*")
 
 
-def test_pyspark_folder_is_part_of_the_key(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The same PySpark version in another virtualenv (stood in for: a second install would take
-    minutes) has its jars elsewhere, a class path this venv's archive does not match."""
+def test_pyspark_folder_and_install_time_are_part_of_the_key(cache: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same PySpark version in another virtualenv, or reinstalled in the same folder, has other
+    jars on the JVM's class path (a JVM checks their paths, sizes and times against the archive's).
+    A second install stands in as a folder of its own: a real one would take minutes."""
     here = jvm_cache.archive_path("")
     installed = jvm_cache.metadata.distribution("pyspark")
+    site = tmp_path / "venv" / "site-packages"
+    (site / "pyspark" / "jars").mkdir(parents=True)
 
     class Elsewhere:
         version = installed.version
 
         @staticmethod
         def locate_file(name: str) -> Path:
-            return Path("/other/venv/lib/python3.11/site-packages") / name
+            return site / name
 
     monkeypatch.setattr(jvm_cache.metadata, "distribution", lambda _name: Elsewhere())
-    assert jvm_cache.archive_path("") not in (here, None)
+    elsewhere = jvm_cache.archive_path("")
+    assert elsewhere not in (here, None)
+    assert jvm_cache.archive_path("") == elsewhere  # the same install: the same key
+    os.utime(site / "pyspark" / "jars", ns=(0, 10**18))  # reinstalled: its jars folder is new
+    assert jvm_cache.archive_path("") not in (elsewhere, here, None)
 
 
 def test_writing_an_archive_removes_those_unused_for_a_month(cache: Path) -> None:
