@@ -96,6 +96,11 @@ def archive_path(extra_class_path: str) -> Path | None:
     return folder / f"spark-{hashlib.sha256(key.encode()).hexdigest()[:16]}.jsa"
 
 
+def lock_path(archive: Path) -> Path:
+    """The file whose holder (a pid) is the one process writing ``archive``."""
+    return archive.with_name(archive.name + ".lock")
+
+
 def light_path(archive: Path) -> Path:
     """The light archive next to the full ``archive`` (see the module docstring)."""
     return archive.with_name(archive.name.removesuffix(".jsa") + LIGHT_SUFFIX)
@@ -125,7 +130,7 @@ class Plan:
     @property
     def _lock(self) -> Path:
         assert self.archive is not None
-        return self.archive.with_name(self.archive.name + ".lock")
+        return lock_path(self.archive)
 
     def abandon(self) -> None:
         """No JVM was started with these options: let another process write the archive."""
@@ -190,7 +195,7 @@ def plan(user_java_options: str, extra_class_path: str = "", *, light: bool = Fa
     try:
         archive.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale(archive)
-        lock = archive.with_name(archive.name + ".lock")
+        lock = lock_path(archive)
         with open(lock, "x", encoding="utf-8") as handle:  # one writer at a time on this machine
             handle.write(str(os.getpid()))
     except OSError:  # another process writes it, or the cache folder is not writable
@@ -212,7 +217,7 @@ def _remove_stale(archive: Path) -> None:
     """The lock and temporary archives of a writer that is gone (killed before it finished). A
     temporary archive is named after the command that started its JVM, and that command may be
     gone while its finisher, which holds the lock now, waits for the JVM: the lock's holder decides."""
-    lock = archive.with_name(archive.name + ".lock")
+    lock = lock_path(archive)
     try:
         holder = int(lock.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -262,7 +267,7 @@ def finish_detached(jvm_pid: int, temporary: Path, archive: Path, java: Path, cl
 def _release(archive: Path) -> None:
     """The writer of ``archive`` is done: its lock goes, and every temporary archive with it (only
     the lock's holder writes one, so any other is a killed writer's)."""
-    for leftover in [*archive.parent.glob(archive.name + ".*.tmp"), archive.with_name(archive.name + ".lock")]:
+    for leftover in [*archive.parent.glob(archive.name + ".*.tmp"), lock_path(archive)]:
         leftover.unlink(missing_ok=True)
 
 
