@@ -155,6 +155,23 @@ class RssSampler:
         self._self = psutil.Process()
         self._own = sum(self._self.cpu_times()[:2])
 
+    def exclude_past(self) -> None:
+        """Count only what the roots' processes spend from now on (roots already running, such as
+        a kept session, have spent CPU before)."""
+        for pid in self.roots:
+            try:
+                tree = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+            except psutil.Error:
+                continue
+            for proc in tree:
+                try:
+                    times = proc.cpu_times()
+                    self._cpu[proc.pid] = times.user + times.system
+                    if proc.name() == "java":
+                        self._thread_cpu.update((tid, cpu) for tid, (_name, cpu) in _thread_cpu(proc.pid).items())
+                except psutil.Error:
+                    continue
+
     def phase(self, name: str) -> None:
         """Figures from now on count towards ``name`` (a phase may be entered more than once)."""
         self._sample()  # close the previous phase with a fresh sample

@@ -111,12 +111,15 @@ def summary(results: dict[str, Any]) -> str:
     if e2e:
         out.append("")
         out.append("end to end, CPU seconds by process (all cores):")
-        for side in ("reference", "sqlinfer"):
+        for side in ("reference", "sqlinfer", "kept"):
+            if side not in e2e:
+                continue
             roles = e2e[side].get("cpu_seconds_by_role") or {}
             by_role = ", ".join(f"{role} {cpu:.1f}" for role, cpu in sorted(roles.items()))
             out.append(f"  {e2e[side]['label']}: {by_role}")
     jvm_lines = [(name, line) for name, line in (("sqlinfer warm query", _line(results, "sqlinfer warm")),
-                                                 ("sqlinfer build, end to end", (e2e or {}).get("sqlinfer")))
+                                                 ("sqlinfer build, end to end", (e2e or {}).get("sqlinfer")),
+                                                 ("sqlinfer build, kept session", (e2e or {}).get("kept")))
                  if line and line.get("jvm_cpu_by_thread")]
     if jvm_lines:
         out.append("")
@@ -165,6 +168,8 @@ def targets(results: dict[str, Any]) -> list[Target]:
     e2e = results.get("e2e")
     ratio_target("end to end (sqlinfer build) vs plain script", e2e and e2e["sqlinfer"], e2e and e2e["reference"],
                  0.85, "script, BN folded + channels_last")
+    ratio_target("end to end (sqlinfer build, kept session) vs plain script", e2e and e2e.get("kept"),
+                 e2e and e2e["reference"], 0.85, "script, BN folded + channels_last")
 
     builds = results.get("builds_per_process")
     if builds is not None:

@@ -7,7 +7,8 @@ On the same JPEG images and the same network it times, one after the other in th
 2. sqlinfer: the model declared in models.yml, called from SQL, first query of a fresh session
    (cold) and second (warm), plus a sweep of model batch size x rows per Arrow batch;
 3. the naive blog recipe and 4. predict_batch_udf (:mod:`bench.recipes`), cold and warm;
-5. end to end: ``sqlinfer build`` of a project vs a plain PyTorch script, both as fresh processes;
+5. end to end: ``sqlinfer build`` of a project vs a plain PyTorch script, both as fresh processes,
+   and ``sqlinfer build`` in a kept session (``SQLINFER_KEEP_SESSION``, a copy of the project);
 6. with ``--scale``: sqlinfer at 1x, 4x and 10x the rows.
 
 It prints a summary (images/second, ratio to the reference, model builds, peak RSS of workers
@@ -31,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import images, protocol, reference, report
 from bench.gpu import GpuSampler
 from bench.memory import MB, PhasePeaks, RssSampler
-from sqlinfer.runtime import jvm_cache
+from sqlinfer.runtime import jvm_cache, kept_session
 
 SECTIONS = ("reference", "sqlinfer", "naive", "pbu", "e2e")
 
@@ -85,6 +86,8 @@ class Workspace:
         self.root = (opts.out / "work").resolve()
         self.project = self.root / "project"
         self.sweep_project = self.root / "sweep_project"  # the sweep's models, one per model batch size
+        # The project again, built in a kept session: its own metastore, which that session holds.
+        self.kept_project = self.root / "kept_project"
         self.images = self.project / "images"
         self.sweep_images = self.root / "sweep_images"
         self.weights = self.project / "weights" / f"{opts.model}.safetensors"
@@ -147,7 +150,15 @@ def prepare(opts: argparse.Namespace, ws: Workspace) -> list[Path]:
     (ws.project / "sql" / "predictions.sql").write_text(
         "{{ config(materialized='table') }}\n"
         f"SELECT path, {ws.function}(content) AS pred FROM {{{{ source('images') }}}}\n")
+    kept_session.stop(ws.kept_project / "target")  # an earlier run's, holding the copy replaced here
+    copy_project(ws.project, ws.kept_project)
     return paths
+
+
+def copy_project(source: Path, dest: Path) -> None:
+    """``source``'s files in ``dest``, hard-linked (its target/ left out): the same project, built apart."""
+    shutil.rmtree(dest, ignore_errors=True)
+    shutil.copytree(source, dest, copy_function=os.link, ignore=shutil.ignore_patterns("target"))
 
 
 # --- running the contenders --------------------------------------------------------------------
@@ -308,30 +319,41 @@ def add_recipe(approach: str, out: dict[str, Any], phases: dict[str, PhasePeaks]
     results[approach] = {"sweep": out.get("sweep", []), "builds_per_udf": out.get("builds_per_udf")}
 
 
-def sqlinfer_e2e(opts: argparse.Namespace, ws: Workspace, log: IO[str]) -> dict[str, Any]:
+def sqlinfer_e2e(opts: argparse.Namespace, project: Path, log: IO[str], kept: bool = False) -> dict[str, Any]:
     """`sqlinfer build` of the bench project as a fresh process, timed from launch to exit.
 
     The project is an existing one, as on every build but the first: built once here, untimed,
     when it has no metastore yet. A project's very first build also creates the Derby metastore
     and its table, and a machine's first build writes the JVM's class archive
-    (sqlinfer/runtime/jvm_cache.py), seconds more, once."""
+    (sqlinfer/runtime/jvm_cache.py), seconds more, once.
+
+    ``kept``: the build runs in the project's kept session (``SQLINFER_KEEP_SESSION``), which that
+    first, untimed build started; the session's processes (its JVM, daemon, workers) are measured
+    with the command's, from the command's start."""
     sqlinfer = str(Path(sys.executable).with_name("sqlinfer"))
     master = ["--master", opts.master] if opts.master else []
-    if not (ws.project / "target" / "metastore_db").exists():
-        subprocess.run([sqlinfer, "build", str(ws.project), *master], stdout=log, stderr=log, check=True,
-                       env=protocol.child_env())
+    env = {**protocol.child_env(), **({kept_session.ENV: "30"} if kept else {})}
+    if not (project / "target" / "metastore_db").exists():
+        subprocess.run([sqlinfer, "build", str(project), *master], stdout=log, stderr=log, check=True, env=env)
     jvm_cache.wait_for_writers()  # that build may have left its JVM writing the class archive
     # --timings: the build's own timeline (JVM start, session, sources, node, swap) goes to the e2e log.
-    command = [sqlinfer, "--timings", "build", str(ws.project), *master]
+    command = [sqlinfer, "--timings", "build", str(project), *master]
+    server = kept_session_pid(project) if kept else None
+    sampler = RssSampler({server: "driver"} if server else {})
+    sampler.exclude_past()
     started = time.perf_counter()
-    proc = subprocess.Popen(command, cwd=ws.project, stdout=log, stderr=log, env=protocol.child_env())
-    with RssSampler({proc.pid: "driver"}) as sampler:
+    proc = subprocess.Popen(command, cwd=project, stdout=log, stderr=log, env=env)
+    sampler.roots[proc.pid] = "driver"
+    with sampler:
         code = proc.wait()
     seconds = time.perf_counter() - started
     if code != 0:
-        raise RuntimeError(f"{' '.join(command)} failed ({code}); see {ws.logs / 'e2e.log'}")
+        raise RuntimeError(f"{' '.join(command)} failed ({code}); see the e2e log")
+    if kept and kept_session_pid(project) != server:
+        raise RuntimeError(f"the kept session {server} did not run {' '.join(command)}; see the e2e log")
     peaks = sampler.phases["start"]
-    return {"label": "sqlinfer build PROJECT", "rows": opts.n, "seconds": seconds,
+    return {"label": "sqlinfer build PROJECT" + (", kept session" if kept else ""), "rows": opts.n,
+            "seconds": seconds,
             "images_per_second": opts.n / seconds, "worker_rss_mb": peaks.peak("worker") / MB,
             "cpu_ms_per_image": peaks.tree_cpu / opts.n * 1000,
             "driver_rss_mb": peaks.peak("driver") / MB, "processes": len(peaks.pids("worker")),
@@ -351,18 +373,39 @@ def run_e2e(opts: argparse.Namespace, ws: Workspace, results: dict[str, Any]) ->
     common = {"workdir": ws.root, "architecture": opts.model, "weights": ws.weights, "size": opts.size,
               "device": opts.device}
     with ws.log("e2e") as log:
-        # Alternating, so that a slower stretch of minutes on a shared machine falls on both sides.
-        plains, builds = [], []
-        for _ in range(opts.repeat):
-            plains.append(reference.end_to_end(setting, ws.images, common, log))
-            builds.append(sqlinfer_e2e(opts, ws, log))
-    plain, built = fastest(plains), fastest(builds)
-    results["e2e"] = {"reference": plain, "sqlinfer": built, "command": built["command"],
+        # Alternating, so that a slower stretch of minutes on a shared machine falls on all sides.
+        plains, builds, kept_builds = [], [], []
+        try:
+            for _ in range(opts.repeat):
+                plains.append(reference.end_to_end(setting, ws.images, common, log))
+                builds.append(sqlinfer_e2e(opts, ws.project, log))
+                kept_builds.append(sqlinfer_e2e(opts, ws.kept_project, log, kept=True))
+        finally:
+            subprocess.run([str(Path(sys.executable).with_name("sqlinfer")), "stop", str(ws.kept_project)],
+                           stdout=log, stderr=log, env=protocol.child_env())
+            jvm_cache.wait_for_writers()
+    plain, built, kept = fastest(plains), fastest(builds), fastest(kept_builds)
+    results["e2e"] = {"reference": plain, "sqlinfer": built, "kept": kept, "command": built["command"],
                       "seconds_of_each_run": {"plain": [round(r["seconds"], 2) for r in plains],
-                                              "build": [round(r["seconds"], 2) for r in builds]}}
+                                              "build": [round(r["seconds"], 2) for r in builds],
+                                              "kept": [round(r["seconds"], 2) for r in kept_builds]}}
     results["lines"].append({"name": "end to end: plain PyTorch script", "processes": setting.processes,
                              "worker_rss_mb": plain["peak_rss_mb"], **plain})
     results["lines"].append({"name": f"end to end: {built['label']}", **built})
+    results["lines"].append({"name": f"end to end: {kept['label']}", **kept})
+
+
+def kept_session_pid(project: Path) -> int | None:
+    """The pid of ``project``'s kept session (sqlinfer/runtime/kept_session.py), if one runs."""
+    import socket
+
+    path = kept_session.socket_path(project / "target")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        try:
+            conn.connect(str(path))
+        except OSError:
+            return None
+        return kept_session.peer(conn)[0]
 
 
 def run_scale(opts: argparse.Namespace, ws: Workspace, paths: list[Path], results: dict[str, Any]) -> None:

@@ -23,6 +23,7 @@ from sqlinfer.text_table import format_table
 
 if TYPE_CHECKING:
     from sqlinfer.build.runner import RunResult
+    from sqlinfer.project import Project
 
 
 def _conf_pairs(values: tuple[str, ...]) -> dict[str, str]:
@@ -150,8 +151,11 @@ class Commands(click.Group):
 
     def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
                      **extra: Any) -> click.Context:
+        argv = list(args)  # before parsing consumes it: what a kept session is handed
         try:
-            return super().make_context(info_name, args, parent, **extra)
+            ctx = super().make_context(info_name, args, parent, **extra)
+            ctx.meta.setdefault(_ARGV, argv)
+            return ctx
         except click.UsageError as exc:
             if isinstance(exc, _HELP_INSTEAD):
                 raise
@@ -164,6 +168,25 @@ class Commands(click.Group):
             if isinstance(exc, _HELP_INSTEAD):
                 raise
             raise UsageLine(exc) from None
+
+
+_ARGV = "sqlinfer.argv"
+
+
+def in_kept_session(loaded: Project, master: str | None, conf: dict[str, str]) -> None:
+    """With ``SQLINFER_KEEP_SESSION`` set, run this command line in the project's kept session
+    instead (sqlinfer/runtime/kept_session.py) and exit with its exit code."""
+    from sqlinfer.models import flavors
+    from sqlinfer.runtime import kept_session, timeline
+
+    minutes = kept_session.idle_minutes()
+    if minutes is None or kept_session.serving():
+        return
+    code = [path for item in loaded.models
+            for path in flavors.get(item.decl.flavor).source_files(item, loaded.root) or ()]
+    key = kept_session.session_key(loaded.root, loaded.config.spark, master, conf, code)
+    timeline.forwarded()
+    sys.exit(kept_session.forward(loaded.target, key, click.get_current_context().meta[_ARGV], minutes))
 
 
 project_argument = click.argument("project", type=click.Path(file_okay=False, path_type=Path), default=".")
@@ -231,6 +254,7 @@ def sql(project: Path, query: str, limit: int, output: Path | None, safe: bool, 
 
     loaded = Project.load(project, parse_vars(variables))
     spark_conf = _conf_pairs(conf)
+    in_kept_session(loaded, master, {**spark_conf, "sqlinfer.safe": "true"} if safe else spark_conf)
     if safe:
         spark_conf = guard_conf({**loaded.config.spark, **spark_conf}, allowed(loaded))
     spark = loaded.start(master, spark_conf, short=not loaded.calls_models(query))
@@ -294,6 +318,7 @@ def build(project: Path, select: tuple[str, ...], exclude: tuple[str, ...], full
 
     loaded = Project.load(project, parse_vars(variables))
     loaded.nodes().load()  # template errors surface before Spark starts
+    in_kept_session(loaded, master, _conf_pairs(conf))
     spark = loaded.start(master, _conf_pairs(conf))
     result = loaded.build(spark, select, exclude, full_refresh, report=click.echo, prune=prune, state=state)
     results = loaded.target / "run_results.json"
@@ -335,6 +360,7 @@ def test(project: Path, select: tuple[str, ...], exclude: tuple[str, ...], varia
 
     loaded = Project.load(project, parse_vars(variables))
     loaded.nodes().load()
+    in_kept_session(loaded, master, _conf_pairs(conf))
     spark = loaded.start(master, _conf_pairs(conf))
     result = loaded.test(spark, select, exclude, report=click.echo)
     failed = [t for t in result.tests if t.status in ("fail", "error")]
@@ -359,6 +385,7 @@ def docs_generate(project: Path, variables: str | None, master: str | None, conf
 
     loaded = Project.load(project, parse_vars(variables))
     loaded.nodes().load()
+    in_kept_session(loaded, master, _conf_pairs(conf))
     spark = loaded.start(master, _conf_pairs(conf))
     click.echo(f"Wrote {_shown(loaded.docs(spark))}")
 
@@ -401,6 +428,7 @@ def seed(project: Path, master: str | None, conf: tuple[str, ...]) -> None:
     if not loaded.nodes().seeds:
         click.echo(f"No seeds: no .csv file in {loaded.root / loaded.config.seeds}.")
         return
+    in_kept_session(loaded, master, _conf_pairs(conf))
     spark = loaded.start(master, _conf_pairs(conf))
     result = loaded.seed(spark, report=click.echo)
     if not result.success:
@@ -419,6 +447,7 @@ def compile_command(project: Path, variables: str | None, master: str | None, co
 
     loaded = Project.load(project, parse_vars(variables))
     loaded.nodes().load()
+    in_kept_session(loaded, master, _conf_pairs(conf))
     spark = loaded.start(master, _conf_pairs(conf), short=True)
     manifest = loaded.compile(spark)
     timeline.mark("nodes compiled and analyzed")
@@ -474,6 +503,18 @@ def clean(project: Path) -> None:
     kept = [loaded.target / name for name in KEPT if (loaded.target / name).exists()]
     if kept:
         click.echo(f"Kept {' and '.join(_shown(p) for p in kept)}: the project's tables.")
+
+
+@main.command()
+@project_argument
+@user_errors
+def stop(project: Path) -> None:
+    """Stop the project's kept session (SQLINFER_KEEP_SESSION), freeing its metastore; its tables stay."""
+    from sqlinfer.project import Project
+    from sqlinfer.runtime import kept_session
+
+    pid = kept_session.stop(Project.load(project).target)
+    click.echo(f"Stopped the kept session (pid {pid})." if pid else "No kept session runs for this project.")
 
 
 @main.command()

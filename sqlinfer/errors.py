@@ -169,11 +169,16 @@ CODES: dict[str, tuple[type[SqlinferError], str]] = {
                                 "allow; the table is unchanged. Query the model's `<function>_checked` to see why."),
     # -- session ----------------------------------------------------------------------------------------
     "metastore.locked": (SessionError, "Another process holds the project's embedded metastore: stop it (a "
-                         "`sqlinfer serve`, `sql` or `build` on the project), or query through the running "
-                         "`sqlinfer serve`."),
+                         "`sqlinfer serve`, `sql` or `build` on the project; `sqlinfer stop` for a kept session), or "
+                         "query through the running `sqlinfer serve`."),
     "session.jvm_failed": (SessionError, "The Spark JVM did not start, or ended while the command ran: Spark's "
                            "log (target/logs/spark.log) says why; check that Java 17 or later is installed (java "
                            "on PATH, or JAVA_HOME), and the driver's memory and Java options."),
+    "session.bad_keep": (SessionError, "Set SQLINFER_KEEP_SESSION to the minutes a kept session waits for the "
+                         "next command (e.g. 10), or unset it (docs/session.md)."),
+    "session.kept_failed": (SessionError, "The project's kept session could not start or be reached: its log "
+                            "(target/logs/kept_session.log) says why; unset SQLINFER_KEEP_SESSION to run commands "
+                            "on their own (docs/session.md)."),
     "session.executor_env": (SessionError, "The executors' Python (spark.pyspark.python on each node) cannot "
                              "import sqlinfer, torch, pyarrow or numpy, or cannot start: install sqlinfer on every "
                              "node, or ship a packed virtualenv with spark.archives (docs/cluster.md)."),

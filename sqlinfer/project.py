@@ -119,11 +119,13 @@ class Project:
         that answers and exits without running a model); ``prebuild`` learns where its early
         worker daemon is (sqlinfer/runtime/daemon.py)."""
         from sqlinfer.models import flavors
-        from sqlinfer.runtime import daemon
+        from sqlinfer.runtime import daemon, kept_session
         from sqlinfer.runtime.session import build_session
 
         # Before the JVM starts: its Python worker daemon, and an early one, inherit the variable.
         os.environ[daemon.EXTRA_ENV] = ",".join(flavors.worker_modules(m.decl.flavor for m in self.models))
+        # A kept session's first command may be a short one; the session serves builds after it.
+        short = short and not kept_session.serving()
         return build_session(self.target, master, self.spark_conf(conf, short), prebuild, light=short)
 
     def start(self, master: str | None = None, conf: dict[str, Any] | None = None, *,

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from sqlinfer.errors import SessionError
+from sqlinfer.runtime import kept_session
 from sqlinfer.runtime.settings import HIVE_SCRATCH
 
 # What Derby says, deep in a Spark error, when another JVM has the database open.
@@ -96,7 +97,7 @@ def metastore_busy_error(folder: Path, holder: str, command: str = "") -> Sessio
     return SessionError(
         f"the project's metastore {folder} is in use by another process ({holder}). The embedded Derby "
         "metastore allows one process at a time: stop that process (a `sqlinfer serve`, `sql` or `build` "
-        f"on this project) and {again}. While `sqlinfer serve` runs, query through "
+        f"on this project; `sqlinfer stop` for a kept session) and {again}. While `sqlinfer serve` runs, query through "
         "it (beeline, sqlinfer.client.connect) instead of running other sqlinfer commands on the project.",
         code="metastore.locked")
 
@@ -105,6 +106,9 @@ def ensure_metastore_free(settings: Mapping[str, str], command: str = "") -> Non
     """Refuse at once when another process holds the embedded Derby metastore of ``settings``."""
     folder = derby_folder(settings.get("spark.hadoop.javax.jdo.option.ConnectionURL", ""))
     holder = metastore_holder(folder) if folder else None
+    if folder and holder and not kept_session.serving() and kept_session.stop(folder.parent) is not None:
+        # The project's kept session held it (sqlinfer/runtime/kept_session.py): it has ended now.
+        holder = metastore_holder(folder)
     if folder and holder:
         raise metastore_busy_error(folder, holder, command)
 

@@ -50,10 +50,10 @@ def build_session(target: Path, master: str | None = None, conf: Mapping[str, An
     timeline.mark("PySpark imported")
     quiet_arrow_udf_hint()
     settings = session_conf(target, master or _spark_submit_master(), conf or {})
-    ensure_metastore_free(settings)
-    new_jvm = SparkContext._gateway is None  # else getOrCreate reuses it
+    new_jvm = SparkContext._gateway is None  # else getOrCreate reuses it (and its metastore)
     new_context = SparkContext._active_spark_context is None
     if new_jvm:
+        ensure_metastore_free(settings)
         clear_hive_scratch(settings, target.resolve())
     local = is_local(settings["spark.master"])
     archive = _class_archive(settings, light) if new_jvm and local else jvm_cache.Plan(None, write=False)

@@ -12,8 +12,13 @@ import atexit
 import os
 import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
 _MARKS: list[tuple[float, str]] = []
+# In a kept session (sqlinfer/runtime/kept_server.py) a command ends before the process does: its
+# origin is the client's start, and its report prints at the command's end.
+_COMMAND: dict[str, Any] = {}
 
 
 def process_start() -> float:
@@ -48,15 +53,41 @@ def lines(start: float | None = None) -> list[str]:
     return out
 
 
+def begin_command(origin: float) -> None:
+    """A kept session begins a command whose client started at ``origin`` (epoch seconds)."""
+    _MARKS.clear()
+    _COMMAND.update(origin=origin, reports=[])
+    mark("command received by the kept session")
+
+
+def end_command() -> None:
+    """The kept session's command has ended: print its timeline if it asked for it."""
+    reports: list[Callable[[], None]] = _COMMAND.get("reports", [])
+    for report in reports:
+        report()
+    reports.clear()
+
+
+def forwarded() -> None:
+    """This command runs in a kept session, which prints its timeline: this process prints none."""
+    _COMMAND["forwarded"] = True
+
+
 def print_at_exit() -> None:
     """Print the timeline to stderr when the process exits (after Spark has stopped: handlers
-    registered later, such as the one that ends the JVM, run first)."""
-    start = process_start()
+    registered later, such as the one that ends the JVM, run first), or when a kept session's
+    command ends."""
+    start = _COMMAND.get("origin") or process_start()
 
     def report() -> None:
+        if _COMMAND.get("forwarded"):
+            return
         mark("exit")
         print("timings (seconds since the process started):", file=sys.stderr)
         for line in lines(start):
             print(f"  {line}", file=sys.stderr)
 
-    atexit.register(report)
+    if "reports" in _COMMAND:
+        _COMMAND["reports"].append(report)
+    else:
+        atexit.register(report)

@@ -42,7 +42,7 @@ def test_help_lists_the_commands() -> None:
     assert result.returncode == 0, result.stderr
     commands = [line.split()[0] for line in result.stdout.split("Commands:", 1)[1].splitlines() if line.strip()]
     assert commands == ["build", "clean", "compile", "debug", "docs", "init", "ls", "models", "seed", "serve",
-                        "sql", "test"]
+                        "sql", "stop", "test"]
 
 
 @pytest.mark.parametrize("args", [["--help"], ["sql", "--help"], ["build", "--help"], ["serve", "--help"]])

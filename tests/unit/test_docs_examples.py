@@ -131,6 +131,8 @@ RUN: dict[tuple[str, str], str] = {
         "tests/functional/test_serve_guard.py::test_the_docs_examples_are_what_the_guard_does",
     ("docs/serve.md", "allow: [reflect, add_jar]"):
         "tests/functional/test_serve_guard.py::test_the_docs_examples_are_what_the_guard_does",
+    ("docs/session.md", "export SQLINFER_KEEP_SESSION=10"):
+        "tests/functional/test_kept_session.py::test_commands_share_one_kept_session",
     ("docs/performance.md", "bench/worker_bench.py --quick --device cpu"):
         "tests/unit/test_worker_bench.py::test_every_line_has_a_throughput",
 }
