@@ -190,6 +190,9 @@ def main() -> None:
     path, idle_s = Path(sys.argv[1]), float(sys.argv[2])
     # SIGTERM ends it as the idle timeout does: atexit then ends the JVM and the early daemon.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # A client's Ctrl-C arrives as SIGINT (_Command._watch), which a process started from a
+    # background job would otherwise inherit as ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     serve(path, idle_s)
 
 

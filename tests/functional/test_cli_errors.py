@@ -160,8 +160,9 @@ def test_metastore_held_by_another_process(plain: Path) -> None:
         f"error: the project's metastore {plain}/target/metastore_db is in use by another process (")
         + r"pid \d+: [^\n]+" + re.escape(
         "). The embedded Derby metastore allows one process at a time: stop that process (a `sqlinfer serve`, "
-        "`sql` or `build` on this project) and try again. While `sqlinfer serve` runs, query through it "
-        "(beeline, sqlinfer.client.connect) instead of running other sqlinfer commands on the project. "
+        "`sql` or `build` on this project; `sqlinfer stop` for a kept session) and try again. While `sqlinfer "
+        "serve` runs, query through it (beeline, sqlinfer.client.connect) instead of running other sqlinfer "
+        "commands on the project. "
         "[metastore.locked]"))
     assert not (plain / LOG).exists()  # refused before any JVM
 

@@ -310,7 +310,8 @@ def test_a_second_server_on_the_project_names_the_metastore_and_its_holder(digit
     assert result.stderr == (
         f"error: the project's metastore {digits.project / 'target' / 'metastore_db'} is in use by another "
         f"process (pid {pid}: {command}). The embedded Derby metastore allows one process at a time: stop that "
-        "process (a `sqlinfer serve`, `sql` or `build` on this project) and run `sqlinfer serve` again. While "
+        "process (a `sqlinfer serve`, `sql` or `build` on this project; `sqlinfer stop` for a kept session) and "
+        "run `sqlinfer serve` again. While "
         "`sqlinfer serve` runs, query through it (beeline, sqlinfer.client.connect) instead of running other "
         "sqlinfer commands on the project. [metastore.locked]\n")
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -57,5 +58,5 @@ def test_the_timeline_lists_moments_in_order_with_their_gaps() -> None:
     first, second = timeline.lines(start)[-2:]
     assert first.endswith("  first") and second.endswith("  second")
     at_first, at_second = (float(line.split(" s ")[0]) for line in (first, second))
-    assert 0 <= at_first <= at_second < 600  # seconds since this process started
+    assert 0 <= at_first <= at_second <= time.time() - start + 0.01  # seconds since this process started
     assert float(second.split("(+")[1].split(")")[0]) == pytest.approx(at_second - at_first, abs=0.011)
