@@ -338,7 +338,7 @@ def sqlinfer_e2e(opts: argparse.Namespace, project: Path, log: IO[str], kept: bo
     jvm_cache.wait_for_writers()  # that build may have left its JVM writing the class archive
     # --timings: the build's own timeline (JVM start, session, sources, node, swap) goes to the e2e log.
     command = [sqlinfer, "--timings", "build", str(project), *master]
-    server = kept_session_pid(project) if kept else None
+    server = kept_session.server_pid(project / "target") if kept else None
     sampler = RssSampler({server: "driver"} if server else {})
     sampler.exclude_past()
     started = time.perf_counter()
@@ -349,7 +349,7 @@ def sqlinfer_e2e(opts: argparse.Namespace, project: Path, log: IO[str], kept: bo
     seconds = time.perf_counter() - started
     if code != 0:
         raise RuntimeError(f"{' '.join(command)} failed ({code}); see the e2e log")
-    if kept and kept_session_pid(project) != server:
+    if kept and kept_session.server_pid(project / "target") != server:
         raise RuntimeError(f"the kept session {server} did not run {' '.join(command)}; see the e2e log")
     peaks = sampler.phases["start"]
     return {"label": "sqlinfer build PROJECT" + (", kept session" if kept else ""), "rows": opts.n,
@@ -381,8 +381,7 @@ def run_e2e(opts: argparse.Namespace, ws: Workspace, results: dict[str, Any]) ->
                 builds.append(sqlinfer_e2e(opts, ws.project, log))
                 kept_builds.append(sqlinfer_e2e(opts, ws.kept_project, log, kept=True))
         finally:
-            subprocess.run([str(Path(sys.executable).with_name("sqlinfer")), "stop", str(ws.kept_project)],
-                           stdout=log, stderr=log, env=protocol.child_env())
+            kept_session.stop(ws.kept_project / "target")
             jvm_cache.wait_for_writers()
     plain, built, kept = fastest(plains), fastest(builds), fastest(kept_builds)
     results["e2e"] = {"reference": plain, "sqlinfer": built, "kept": kept, "command": built["command"],
@@ -393,19 +392,6 @@ def run_e2e(opts: argparse.Namespace, ws: Workspace, results: dict[str, Any]) ->
                              "worker_rss_mb": plain["peak_rss_mb"], **plain})
     results["lines"].append({"name": f"end to end: {built['label']}", **built})
     results["lines"].append({"name": f"end to end: {kept['label']}", **kept})
-
-
-def kept_session_pid(project: Path) -> int | None:
-    """The pid of ``project``'s kept session (sqlinfer/runtime/kept_session.py), if one runs."""
-    import socket
-
-    path = kept_session.socket_path(project / "target")
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-        try:
-            conn.connect(str(path))
-        except OSError:
-            return None
-        return kept_session.peer(conn)[0]
 
 
 def run_scale(opts: argparse.Namespace, ws: Workspace, paths: list[Path], results: dict[str, Any]) -> None:

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from sqlinfer.runtime import jvm_cache, timeline
+from sqlinfer.runtime import jvm_cache, kept_session, timeline
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 
 _ENDING: set[int] = set()  # JVM pids whose end this process waits for at exit
 _SPARK_LOG: list[Path] = []  # the log of the JVM this process started, once it has started one
-_KEEP_LOG: list[bool] = []  # a kept session: every command uses the one JVM, and its log
 
 
 def open_spark_log(path: Path) -> IO[bytes]:
@@ -51,15 +50,10 @@ def open_spark_log(path: Path) -> IO[bytes]:
 def forget_spark_log() -> None:
     """A command begins: until it starts a JVM, it has no Spark log to name. (A command run in a
     process that ran others before, as the tests and the Python API do, must not send its user to
-    the log of a JVM it never used.)"""
-    if not _KEEP_LOG:
+    the log of a JVM it never used. A kept session's commands all run in the JVM its first one
+    started, whose log each error names.)"""
+    if not kept_session.serving():
         _SPARK_LOG.clear()
-
-
-def keep_spark_log() -> None:
-    """This process is a kept session (sqlinfer/runtime/kept_server.py): each of its commands runs
-    in the JVM the first one started, whose log each error names."""
-    _KEEP_LOG[:] = [True]
 
 
 def spark_log() -> Path | None:

@@ -128,10 +128,7 @@ def _jvm_alive() -> bool:
 
 def serve(path: Path, idle_s: float) -> None:
     """Answer commands on ``path`` until one of the ends the module docstring lists."""
-    from sqlinfer.runtime.jvm import keep_spark_log
-
     kept_session.mark_serving()
-    keep_spark_log()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(path))
     os.chmod(path, 0o600)

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlinfer.errors import SessionError
+from sqlinfer.runtime import timeline
 
 ENV = "SQLINFER_KEEP_SESSION"
 # The environment a session depends on (the JVM's, the workers' Python, sqlinfer's own switches).
@@ -197,7 +198,7 @@ def forward(target: Path, key: str, argv: list[str], minutes: float) -> int:
         with _spawn_lock(path):
             conn = _connect(path) or _start(path, target, minutes)
         with conn:
-            send(conn, {"argv": argv, "cwd": os.getcwd(), "key": key, "started": _process_start()})
+            send(conn, {"argv": argv, "cwd": os.getcwd(), "key": key, "started": timeline.process_start()})
             answer = _relay(conn)
         if "exit" in answer:
             return int(answer["exit"])
@@ -232,22 +233,28 @@ def _relay(conn: socket.socket) -> dict[str, Any]:
         signal.signal(signal.SIGINT, previous)
 
 
-def _process_start() -> float:
-    from sqlinfer.runtime import timeline
+def _connect_to(target: Path) -> socket.socket | None:
+    """A connection to the project's kept session; None when it has none."""
+    try:
+        path = socket_path(target)
+    except SessionError:  # no private folder: no kept session either
+        return None
+    return _connect(path)
 
-    return timeline.process_start()
+
+def server_pid(target: Path) -> int | None:
+    """The pid of the project's kept session, if one runs."""
+    conn = _connect_to(target)
+    if conn is None:
+        return None
+    with conn:
+        return peer(conn)[0]
 
 
 def stop(target: Path) -> int | None:
     """Stop the project's kept session, if it has one, and wait until it has ended (its JVM and
     metastore with it); returns the pid it had."""
-    try:
-        path = socket_path(target)
-    except SessionError:
-        return None
-    if not path.exists():
-        return None
-    conn = _connect(path)
+    conn = _connect_to(target)
     if conn is None:
         return None
     with conn:

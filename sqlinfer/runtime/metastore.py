@@ -97,8 +97,9 @@ def metastore_busy_error(folder: Path, holder: str, command: str = "") -> Sessio
     return SessionError(
         f"the project's metastore {folder} is in use by another process ({holder}). The embedded Derby "
         "metastore allows one process at a time: stop that process (a `sqlinfer serve`, `sql` or `build` "
-        f"on this project; `sqlinfer stop` for a kept session) and {again}. While `sqlinfer serve` runs, query through "
-        "it (beeline, sqlinfer.client.connect) instead of running other sqlinfer commands on the project.",
+        f"on this project; `sqlinfer stop` for a kept session) and {again}. While `sqlinfer serve` runs, "
+        "query through it (beeline, sqlinfer.client.connect) instead of running other sqlinfer commands on "
+        "the project.",
         code="metastore.locked")
 
 

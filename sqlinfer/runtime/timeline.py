@@ -12,12 +12,12 @@ import atexit
 import os
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 _MARKS: list[tuple[float, str]] = []
-# In a kept session (sqlinfer/runtime/kept_server.py) a command ends before the process does: its
-# origin is the client's start, and its report prints at the command's end.
+# A kept session's command (sqlinfer/runtime/kept_server.py) ends before its process does: "origin"
+# is its client's start, "report" whether it asked for --timings (printed at the command's end).
+# "forwarded": this process handed its command to a kept session, which prints the timeline.
 _COMMAND: dict[str, Any] = {}
 
 
@@ -56,16 +56,15 @@ def lines(start: float | None = None) -> list[str]:
 def begin_command(origin: float) -> None:
     """A kept session begins a command whose client started at ``origin`` (epoch seconds)."""
     _MARKS.clear()
-    _COMMAND.update(origin=origin, reports=[])
+    _COMMAND.clear()
+    _COMMAND["origin"] = origin
     mark("command received by the kept session")
 
 
 def end_command() -> None:
     """The kept session's command has ended: print its timeline if it asked for it."""
-    reports: list[Callable[[], None]] = _COMMAND.get("reports", [])
-    for report in reports:
-        report()
-    reports.clear()
+    if _COMMAND.pop("report", False):
+        _report(_COMMAND["origin"])
 
 
 def forwarded() -> None:
@@ -77,17 +76,15 @@ def print_at_exit() -> None:
     """Print the timeline to stderr when the process exits (after Spark has stopped: handlers
     registered later, such as the one that ends the JVM, run first), or when a kept session's
     command ends."""
-    start = _COMMAND.get("origin") or process_start()
+    if "origin" in _COMMAND:
+        _COMMAND["report"] = True
+        return
+    start = process_start()
+    atexit.register(lambda: None if _COMMAND.get("forwarded") else _report(start))
 
-    def report() -> None:
-        if _COMMAND.get("forwarded"):
-            return
-        mark("exit")
-        print("timings (seconds since the process started):", file=sys.stderr)
-        for line in lines(start):
-            print(f"  {line}", file=sys.stderr)
 
-    if "reports" in _COMMAND:
-        _COMMAND["reports"].append(report)
-    else:
-        atexit.register(report)
+def _report(start: float) -> None:
+    mark("exit")
+    print("timings (seconds since the process started):", file=sys.stderr)
+    for line in lines(start):
+        print(f"  {line}", file=sys.stderr)

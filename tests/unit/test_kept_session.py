@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -93,12 +92,6 @@ def first_column(table: str) -> list[str]:
     return [line.split("|")[0].strip() for line in lines[:1] + lines[2:]]
 
 
-def server_pid(path: Path) -> int:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-        conn.connect(str(path))
-        return kept_session.peer(conn)[0]
-
-
 def test_commands_run_in_the_server_and_a_new_key_restarts_it(project: Path, capfd: pytest.CaptureFixture) -> None:
     target = project / "target"
     path = kept_session.socket_path(target)
@@ -106,7 +99,7 @@ def test_commands_run_in_the_server_and_a_new_key_restarts_it(project: Path, cap
     out, err = capfd.readouterr()
     assert first_column(out) == ["node", "digit_predictions", "accuracy", "confusion_matrix",
                                  "digit_predictions_incremental"]
-    first = server_pid(path)
+    first = kept_session.server_pid(target)
     log = (target / "logs" / "kept_session.log").read_text()
     assert f"kept session {first} listening on {path}" in log
     assert f"ran ls {project}: exit code 0" in log
@@ -116,12 +109,12 @@ def test_commands_run_in_the_server_and_a_new_key_restarts_it(project: Path, cap
     out, err = capfd.readouterr()
     assert out == ""
     assert err.startswith("error: ") and "nope" in err and err.rstrip().endswith("]"), err
-    assert server_pid(path) == first
+    assert kept_session.server_pid(target) == first
 
     # Another key: that server ends, a new one runs the command.
     assert kept_session.forward(target, "key-b", ["ls", str(project)], minutes=5) == 0
     assert first_column(capfd.readouterr().out)[1] == "digit_predictions"
-    second = server_pid(path)
+    second = kept_session.server_pid(target)
     assert second != first and not alive(first)
     assert "a command needs another session" in (target / "logs" / "kept_session.log").read_text()
 
