@@ -85,10 +85,16 @@ class Queries:
                 "images_per_second": rows / (ended - started), "table": table}
 
 
-def best_warm(queries: Queries, repeat: int, function: str, view: str) -> dict[str, Any]:
+def best_warm(queries: Queries, repeat: int, function: str, view: str, pause: bool = False) -> dict[str, Any]:
     """The warm query ``repeat`` times (phases warm, warm-2, ...); the fastest, with the others'
-    figures under ``runs``. On a shared machine the best of a few is the least disturbed."""
-    runs = [queries.run("warm" if i == 0 else f"warm-{i + 1}", function, view) for i in range(repeat)]
+    figures under ``runs``. On a shared machine the best of a few is the least disturbed. With
+    ``pause``, the job waits for a line on stdin before each (the bench runs the limit meanwhile)."""
+    runs = []
+    for i in range(repeat):
+        if pause:
+            protocol.emit("paused")
+            sys.stdin.readline()
+        runs.append(queries.run("warm" if i == 0 else f"warm-{i + 1}", function, view))
     best = dict(max(runs, key=lambda r: r["images_per_second"]))
     best["runs"] = [{"phase": r["phase"], "images_per_second": r["images_per_second"]} for r in runs]
     return best
@@ -169,7 +175,7 @@ def run_sqlinfer(opts: argparse.Namespace) -> dict[str, Any]:
     out["cold"] = queries.run("cold", opts.function, "images")
     out["cold"]["stats"] = _stats_snapshot(stats)
     before = stats.totals()
-    out["warm"] = best_warm(queries, opts.repeat, opts.function, "images")
+    out["warm"] = best_warm(queries, opts.repeat, opts.function, "images", opts.pause_before_warm)
     out["warm"]["stats"] = _stats_snapshot(stats)
     out["warm"]["counters"] = _diff(stats.totals(), before)
     if opts.export:  # the warm predictions, for the bench's comparison with plain PyTorch
@@ -254,6 +260,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sweep-project", type=Path)
     parser.add_argument("--export", type=Path)
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--pause-before-warm", action="store_true",
+                        help="before each warm query, report `paused` and wait for a line on stdin")
     parser.add_argument("--arrow-batches", type=int, nargs="*", default=[16])
     opts = parser.parse_args(argv)
     protocol.emit("started", at=STARTED)

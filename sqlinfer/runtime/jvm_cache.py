@@ -92,8 +92,19 @@ def archive_path(extra_class_path: str) -> Path | None:
     jars = Path(str(pyspark.locate_file("pyspark"))) / "jars"
     installed = str(jars.stat().st_mtime_ns) if jars.is_dir() else ""
     key = "|".join([KEY_VERSION, str(java), str(stat.st_mtime_ns), str(stat.st_size), pyspark.version,
-                    str(jars), installed, extra_class_path])
+                    str(jars), installed, *_stamped(extra_class_path)])
     return folder / f"spark-{hashlib.sha256(key.encode()).hexdigest()[:16]}.jsa"
+
+
+def _stamped(class_path: str) -> list[str]:
+    """Each entry of ``class_path`` with its time and size where it is a file: the JVM checks those
+    against the archive's as well, so a jar rebuilt in place (sqlinfer's own, after an upgrade)
+    gets a new archive instead of an old one no JVM maps any more."""
+    entries = []
+    for entry in class_path.split(os.pathsep):
+        stat = Path(entry).stat() if entry and Path(entry).is_file() else None
+        entries.append(f"{entry}:{stat.st_mtime_ns}:{stat.st_size}" if stat else entry)
+    return entries
 
 
 def lock_path(archive: Path) -> Path:

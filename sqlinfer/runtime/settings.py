@@ -29,7 +29,16 @@ SHORT_COMMAND = {"spark.ui.enabled": "false", WARM_UP_WORKERS: "false"}
 # Up to this many cores the local JVM collects garbage with the serial collector, above with the
 # parallel one (see local_jvm_options).
 SERIAL_GC_CORES = 2
-LOG_CONFIG = Path(__file__).parent.parent / "resources" / "log4j2.properties"
+RESOURCES = Path(__file__).resolve().parent.parent / "resources"
+LOG_CONFIG = RESOURCES / "log4j2.properties"
+# sqlinfer's Spark SQL extensions (built from resources/*.java by resources/build_jar.sh): the SQL
+# guard of `sqlinfer serve`, and PlainFloats, which every session gets: Parquet writes keep no
+# dictionary for float columns (model outputs), which never pays for them and cost the bench's warm
+# query a fifth of the JVM's CPU (resources/PlainFloats.java).
+SPARK_JAR = RESOURCES / "sqlinfer-spark.jar"
+PLAIN_FLOATS = "sqlinfer.writes.PlainFloats"
+EXTENSIONS = "spark.sql.extensions"
+CLASS_PATH = "spark.driver.extraClassPath"
 # Where the JVM's stdout and stderr go, under the project's target/: Spark's log lines (LOG_CONFIG writes
 # them to stderr), the Python workers' output (the JVM copies it to its stderr) and the Java
 # launcher's own messages. The terminal keeps sqlinfer's own lines only (docs/errors.md).
@@ -89,9 +98,19 @@ def session_conf(target: Path, master: str | None, conf: Mapping[str, Any]) -> d
     settings.update(conf)
     if extra_java:
         settings["spark.driver.extraJavaOptions"] = f"{base_java_options} {extra_java}"
+    # The user's extensions and class path are kept, ours added. Where the jar is not on the driver
+    # (a cluster's driver started elsewhere), Spark warns and the session goes on without the rule.
+    settings[EXTENSIONS] = join_setting(str(conf.get(EXTENSIONS, "")), PLAIN_FLOATS, ",")
+    settings[CLASS_PATH] = join_setting(str(conf.get(CLASS_PATH, "")), str(SPARK_JAR), os.pathsep)
     if master:
         settings["spark.master"] = master
     return {key: conf_text(value) for key, value in settings.items()}
+
+
+def join_setting(existing: str, ours: str, separator: str) -> str:
+    """A list-valued setting (extensions, a class path) with ``ours`` added once, at the end."""
+    parts = [part for part in existing.split(separator) if part]
+    return separator.join(parts if ours in parts else [*parts, ours])
 
 
 def is_local(master: str) -> bool:

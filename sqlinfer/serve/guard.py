@@ -14,8 +14,8 @@ its statements):
 - ``spark.sql.restrictedMode.enabled``, Spark's own switch (static: no client can turn it off),
   refuses ``reflect``/``java_method``/``try_reflect`` and ``TRANSFORM ... USING`` during analysis. It
   is on unless ``allow`` names one of them; the guard's rule then refuses the other.
-- Everything else: a check rule (``spark.sql.extensions``) in ``resources/sqlinfer-guard.jar``, built
-  from ``resources/SqlGuard.java`` by ``resources/build_guard.sh``. Its allow list is a SparkConf
+- Everything else: a check rule (``spark.sql.extensions``) in ``resources/sqlinfer-spark.jar``, built
+  from ``resources/SqlGuard.java`` by ``resources/build_jar.sh``. Its allow list is a SparkConf
   setting, which no client statement can change.
 - A connection's own settings (``set:hiveconf:`` / ``set:hivevar:`` in a JDBC URL, PyHive's
   ``configuration``) are applied by the Thrift server through the session's ``conf.set`` before any
@@ -30,23 +30,19 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlinfer.build.config import ALLOW, GUARD_FEATURES
 from sqlinfer.errors import BuildError, ServeError
-from sqlinfer.runtime.settings import conf_text
+from sqlinfer.runtime.settings import CLASS_PATH, EXTENSIONS, RESOURCES, SPARK_JAR, conf_text, join_setting
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
     from sqlinfer.project import Project
 
-RESOURCES = Path(__file__).resolve().parent.parent / "resources"
-JAR = RESOURCES / "sqlinfer-guard.jar"
+JAR = SPARK_JAR  # the guard's classes are in sqlinfer's jar
 EXTENSION = "sqlinfer.guard.SqlGuard"
-EXTENSIONS = "spark.sql.extensions"
-CLASS_PATH = "spark.driver.extraClassPath"
 ALLOW_KEY = "spark.sqlinfer.guard.allow"  # SqlGuard.ALLOW_KEY
 RESTRICTED_MODE = "spark.sql.restrictedMode.enabled"
 # The start of every message of the guard's rule (SqlGuard.PREFIX), and of Spark's restricted mode.
@@ -71,10 +67,10 @@ def guard_conf(conf: Mapping[str, Any], allow: Iterable[str] = ()) -> dict[str, 
                          code="serve.bad_setting")
     if not JAR.is_file():
         raise ServeError(f"the SQL guard's jar {JAR} is missing: reinstall sqlinfer (or run "
-                         f"{RESOURCES / 'build_guard.sh'})", code="serve.guard_unavailable")
+                         f"{RESOURCES / 'build_jar.sh'})", code="serve.guard_unavailable")
     settings = {key: conf_text(value) for key, value in conf.items()}
-    settings[EXTENSIONS] = _join(settings.get(EXTENSIONS, ""), EXTENSION, ",")
-    settings[CLASS_PATH] = _join(settings.get(CLASS_PATH, ""), str(JAR), os.pathsep)
+    settings[EXTENSIONS] = join_setting(settings.get(EXTENSIONS, ""), EXTENSION, ",")
+    settings[CLASS_PATH] = join_setting(settings.get(CLASS_PATH, ""), str(JAR), os.pathsep)
     settings[ALLOW_KEY] = ",".join(sorted(allow))
     # Spark's switch covers both features at once: with either allowed, the guard's rule refuses the other.
     if not allow & {"reflect", "transform"}:
@@ -124,11 +120,6 @@ def refusal(exc: BaseException) -> BuildError | None:
     else:
         return None
     return BuildError(f"refused by the SQL guard: {reason}", code="sql.refused")
-
-
-def _join(existing: str, ours: str, separator: str) -> str:
-    parts = [part for part in existing.split(separator) if part]
-    return separator.join(parts if ours in parts else [*parts, ours])
 
 
 def _strings(gateway: Any, items: list[str]) -> Any:

@@ -35,6 +35,10 @@ def test_every_contender_has_a_throughput(quick_run: tuple[dict, str, Path]) -> 
     for line in data["lines"]:
         assert line["images_per_second"] > 0, line
         assert line["rows"] == data["meta"]["n"], line
+    # The limit ran once before each of sqlinfer's warm queries (one each in a --quick run), and its
+    # line keeps its place, after the reference's.
+    assert data["reference"]["tuned"]["runs"] == [round(data["reference"]["tuned"]["images_per_second"], 1)]
+    assert names.index("reference + BN folded + channels_last") == 1
     try:
         import matplotlib  # noqa: F401 - the `bench` extra; without it the bench skips the chart
     except ImportError:

@@ -390,28 +390,66 @@ def test_an_append_to_a_table_outside_its_databases_folder_goes_through_a_stagin
     assert not folder.exists() and not [p for p in folder.parent.iterdir() if p.name.startswith("numbers")]
 
 
+FLOATS_AND_A_LABEL = ("SELECT CAST(id % 3 AS FLOAT) AS score, array(CAST(id % 3 AS DOUBLE)) AS scores, "
+                      "CAST(id % 3 AS STRING) AS label FROM range(3000)")
+
+
 def test_float_columns_written_without_dictionary(spark, tmp_path: Path) -> None:
     """The options a build gives its tables keep parquet's dictionary off exactly for float columns,
-    here where it would pay (three distinct values): the key format works in this Spark's parquet."""
+    here where it would pay (three distinct values): the key format works in this Spark's parquet.
+    The user's own setting wins."""
     from sqlinfer.build.write_options import table_options
 
-    select = ("SELECT CAST(id % 3 AS FLOAT) AS score, array(CAST(id % 3 AS DOUBLE)) AS scores, "
-              "CAST(id % 3 AS STRING) AS label FROM range(3000)")
-    options = table_options("parquet", spark.sql(select).schema)
+    options = table_options("parquet", spark.sql(FLOATS_AND_A_LABEL).schema)
+    assert options == {"parquet.enable.dictionary#score": "false",
+                       "parquet.enable.dictionary#scores.list.element": "false"}
     clause = ", ".join(f"'{key}' = '{value}'" for key, value in options.items())
     spark.sql(f"CREATE TABLE dictionary_probe USING parquet OPTIONS ({clause}) "
-              f"LOCATION '{tmp_path / 'probe'}' AS {select}")
-    spark.sql(f"CREATE TABLE dictionary_default USING parquet LOCATION '{tmp_path / 'default'}' AS {select}")
+              f"LOCATION '{tmp_path / 'probe'}' AS {FLOATS_AND_A_LABEL}")
+    spark.sql(f"CREATE TABLE dictionary_on USING parquet OPTIONS ('parquet.enable.dictionary' = 'true') "
+              f"LOCATION '{tmp_path / 'on'}' AS {FLOATS_AND_A_LABEL}")
     try:
         probe = column_encodings(spark.table("dictionary_probe").inputFiles())
-        default = column_encodings(spark.table("dictionary_default").inputFiles())
+        on = column_encodings(spark.table("dictionary_on").inputFiles())
     finally:
         spark.sql("DROP TABLE dictionary_probe")
-        spark.sql("DROP TABLE dictionary_default")
+        spark.sql("DROP TABLE dictionary_on")
     assert set(probe) == {"score", "scores.list.element", "label"}
     for column in ("score", "scores.list.element"):
-        assert default[column] & DICTIONARY_ENCODINGS and not probe[column] & DICTIONARY_ENCODINGS
+        assert on[column] & DICTIONARY_ENCODINGS and not probe[column] & DICTIONARY_ENCODINGS
     assert probe["label"] & DICTIONARY_ENCODINGS
+
+
+def test_every_parquet_write_of_the_session_keeps_floats_plain(spark, tmp_path: Path) -> None:
+    """sqlinfer's Spark extension (resources/PlainFloats.java) gives any statement's Parquet files
+    the build's treatment: CREATE TABLE AS SELECT (the options kept in the table's definition),
+    INSERT, a DataFrame write; the label keeps its dictionary."""
+    spark.sql(f"CREATE TABLE plain_floats USING parquet LOCATION '{tmp_path / 'ctas'}' AS {FLOATS_AND_A_LABEL}")
+    try:
+        created = column_encodings(spark.table("plain_floats").inputFiles())
+        properties = {row.key: row.value for row in spark.sql("SHOW TBLPROPERTIES plain_floats").collect()}
+        storage = described(spark, "plain_floats")["Storage Properties"]
+        spark.sql(f"INSERT OVERWRITE TABLE plain_floats {FLOATS_AND_A_LABEL}")
+        inserted = column_encodings(spark.table("plain_floats").inputFiles())
+    finally:
+        spark.sql("DROP TABLE plain_floats")
+    spark.sql(FLOATS_AND_A_LABEL).write.parquet(str(tmp_path / "written"))
+    written = column_encodings([str(p) for p in (tmp_path / "written").glob("*.parquet")])
+    spark.sql("SELECT named_struct('p', CAST(id % 3 AS FLOAT), 'name', CAST(id % 3 AS STRING)) AS s, "
+              "map(CAST(id % 3 AS STRING), CAST(id % 3 AS DOUBLE)) AS m FROM range(3000)"
+              ).write.parquet(str(tmp_path / "nested"))
+    nested = column_encodings([str(p) for p in (tmp_path / "nested").glob("*.parquet")])
+    assert set(nested) == {"s.p", "s.name", "m.key_value.key", "m.key_value.value"}
+    assert not (nested["s.p"] | nested["m.key_value.value"]) & DICTIONARY_ENCODINGS
+    assert nested["s.name"] & DICTIONARY_ENCODINGS and nested["m.key_value.key"] & DICTIONARY_ENCODINGS
+    for encodings in (created, inserted, written):
+        assert set(encodings) == {"score", "scores.list.element", "label"}
+        assert not encodings["score"] & DICTIONARY_ENCODINGS
+        assert not encodings["scores.list.element"] & DICTIONARY_ENCODINGS
+        assert encodings["label"] & DICTIONARY_ENCODINGS
+    assert storage == ("[parquet.enable.dictionary#score=false, "
+                       "parquet.enable.dictionary#scores.list.element=false]")
+    assert not any(key.startswith("parquet.") for key in properties)
 
 
 def test_incremental_scores_only_new_rows(spark, digits_copy: Path) -> None:

@@ -14,6 +14,7 @@ import psutil
 import pytest
 
 from sqlinfer.runtime import jvm_cache
+from sqlinfer.runtime.settings import CLASS_PATH, session_conf
 
 pytestmark = pytest.mark.spark
 
@@ -57,7 +58,8 @@ def test_real_jvm_writes_the_archive_after_the_command_and_the_next_session_maps
     """The command does not wait while its JVM writes the archive: it returns with the JVM still
     writing, the embedded metastore already free for the next command, and a detached finisher
     puts the archive in place once the JVM is done."""
-    archive = jvm_cache.archive_path("")  # this process's java and PySpark: the key the sessions use
+    # This process's java and PySpark, and the class path sessions have (sqlinfer's jar): their key.
+    archive = jvm_cache.archive_path(session_conf(tmp_path / "target", None, {})[CLASS_PATH])
     assert archive is not None
 
     def session() -> tuple[int, bool]:

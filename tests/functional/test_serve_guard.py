@@ -304,16 +304,16 @@ def test_an_unknown_feature_in_serve_allow_is_a_config_error(tmp_path: Path) -> 
 def test_the_shipped_jar_is_the_build_of_its_source(tmp_path: Path) -> None:
     if not (shutil.which("javac") and shutil.which("jar")):
         pytest.skip("needs a JDK (javac, jar)")
-    rebuilt = tmp_path / "guard.jar"
-    subprocess.run([str(RESOURCES / "build_guard.sh"), sys.executable], check=True, timeout=300,
-                   env={**os.environ, "GUARD_JAR": str(rebuilt)})
+    rebuilt = tmp_path / "sqlinfer-spark.jar"
+    subprocess.run([str(RESOURCES / "build_jar.sh"), sys.executable], check=True, timeout=300,
+                   env={**os.environ, "SQLINFER_JAR": str(rebuilt)})
 
     def classes(jar: Path) -> dict[str, bytes]:
         with zipfile.ZipFile(jar) as archive:
             return {name: archive.read(name) for name in archive.namelist() if name.endswith(".class")}
 
     assert classes(rebuilt).keys() == classes(JAR).keys()
-    assert classes(rebuilt) == classes(JAR), "sqlinfer-guard.jar is stale: run sqlinfer/resources/build_guard.sh"
+    assert classes(rebuilt) == classes(JAR), "sqlinfer-spark.jar is stale: run sqlinfer/resources/build_jar.sh"
 
 
 # --- docs/serve.md ----------------------------------------------------------------------------------------

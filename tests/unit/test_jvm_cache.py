@@ -171,8 +171,15 @@ def test_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
     assert jvm_cache.plan("").options == ""
 
 
-def test_class_path_is_part_of_the_key(cache: Path) -> None:
+def test_class_path_is_part_of_the_key(cache: Path, tmp_path: Path) -> None:
     assert jvm_cache.archive_path("") != jvm_cache.archive_path("/extra/jars/*")
+    # A jar rebuilt in place (sqlinfer's own after an upgrade): the JVM would not map the old archive.
+    jar = tmp_path / "extension.jar"
+    jar.write_bytes(b"one")
+    before = jvm_cache.archive_path(f"/extra/jars/*:{jar}")
+    assert jvm_cache.archive_path(f"/extra/jars/*:{jar}") == before
+    jar.write_bytes(b"other")
+    assert jvm_cache.archive_path(f"/extra/jars/*:{jar}") not in (before, None)
 
 
 def test_pyspark_folder_and_install_time_are_part_of_the_key(cache: Path, tmp_path: Path,

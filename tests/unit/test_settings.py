@@ -13,6 +13,8 @@ from sqlinfer.runtime.settings import (
     DAEMON_MODULE,
     DEFAULT_ARROW_BATCH,
     LOG_CONFIG,
+    PLAIN_FLOATS,
+    SPARK_JAR,
     WARM_UP_WORKERS,
     conf_text,
     local_jvm_options,
@@ -49,13 +51,28 @@ def test_defaults(tmp_path: Path) -> None:
         "spark.ui.showConsoleProgress": "false",
         "spark.python.unix.domain.socket.enabled": "true",
         WARM_UP_WORKERS: "true",
+        "spark.sql.extensions": PLAIN_FLOATS,
+        "spark.driver.extraClassPath": str(SPARK_JAR),
     }
+
+
+def test_sqlinfers_extension_joins_the_users(tmp_path: Path) -> None:
+    """The user's extensions and class path are kept, sqlinfer's added once (also when the user
+    names them already, as `sqlinfer serve`'s settings do)."""
+    conf = session_conf(tmp_path, None, {"spark.sql.extensions": "com.example.Mine",
+                                         "spark.driver.extraClassPath": "/opt/mine.jar"})
+    assert conf["spark.sql.extensions"] == f"com.example.Mine,{PLAIN_FLOATS}"
+    assert conf["spark.driver.extraClassPath"] == f"/opt/mine.jar:{SPARK_JAR}"
+    again = session_conf(tmp_path, None, conf)
+    assert (again["spark.sql.extensions"], again["spark.driver.extraClassPath"]) == (
+        conf["spark.sql.extensions"], conf["spark.driver.extraClassPath"])
 
 
 def test_the_log_config_and_daemon_module_exist() -> None:
     import importlib.util
 
     assert LOG_CONFIG.is_file()
+    assert SPARK_JAR.is_file()
     assert importlib.util.find_spec(DAEMON_MODULE) is not None
 
 

@@ -123,3 +123,22 @@ def test_empty_input_yields_nothing(model) -> None:
     assert sizes == []
     assert len(result) == 0
     assert "rows" not in counters
+
+
+def test_a_long_task_gives_free_memory_back_as_it_goes(model, baseline, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every TRIM_EVERY_ROWS rows and at the end: here every 10 rows of 23 (batches of 6: after the
+    batches that cross rows 10 and 20), then the end. The trims are counted, glibc's still runs."""
+    from sqlinfer.worker import score as score_module
+
+    trims: list[int] = []
+    real = score_module.release_free_memory
+
+    def counted() -> None:
+        trims.append(1)
+        real()
+
+    monkeypatch.setattr(score_module, "TRIM_EVERY_ROWS", 10)
+    monkeypatch.setattr(score_module, "release_free_memory", counted)
+    result, _, _ = score(model, BLOBS, arrow_batch=23)
+    np.testing.assert_allclose(result, baseline[0], atol=1e-5)
+    assert len(trims) == 3
