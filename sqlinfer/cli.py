@@ -182,8 +182,7 @@ def in_kept_session(loaded: Project, master: str | None, conf: dict[str, str]) -
     minutes = kept_session.idle_minutes()
     if minutes is None or kept_session.serving():
         return
-    code = [path for item in loaded.models
-            for path in flavors.get(item.decl.flavor).source_files(item, loaded.root) or ()]
+    code = [path for item in loaded.models for path in flavors.get(item.decl.flavor).code_files(item, loaded.root)]
     key = kept_session.session_key(loaded.root, loaded.config.spark, master, conf, code)
     timeline.forwarded()
     sys.exit(kept_session.forward(loaded.target, key, click.get_current_context().meta[_ARGV], minutes))

@@ -161,6 +161,10 @@ def serve(path: Path, idle_s: float) -> None:
                     print("a command needs another session (settings, code or environment changed): ending",
                           flush=True)
                     return
+                try:
+                    kept_session.send(conn, {"accepted": True})
+                except OSError:
+                    continue  # the client left while the command waited for the one before it
                 key = request.get("key")
                 command = _Command(conn, request)
                 code = command.run(rest)

@@ -10,7 +10,8 @@ at a time, each in a fresh SparkSession of the same SparkContext (no temporary v
 carries over), and ends after MINUTES without a command.
 
 A command whose session would differ (another master, --conf or project `spark:` setting, edited
-model code of the project, another Python, sqlinfer or environment) stops the kept session and
+model code, in the project or in the package a python-flavor model's class comes from, another
+Python, sqlinfer or environment) stops the kept session and
 starts a new one. Any other command that needs the project's embedded metastore (`sqlinfer
 serve`, a command without the variable) stops it first; ``sqlinfer stop`` stops it by hand.
 
@@ -24,6 +25,7 @@ import fcntl
 import hashlib
 import json
 import os
+import select
 import signal
 import socket
 import struct
@@ -46,6 +48,8 @@ _ENV_NAMES = ("PATH", "VIRTUAL_ENV", "PYTHONPATH", "LD_LIBRARY_PATH")
 LOG = Path("logs") / "kept_session.log"  # under the project's target/
 _START_TIMEOUT_S = 60.0
 _END_TIMEOUT_S = 120.0
+# A command not taken within this many seconds waits for another one: say so, once.
+BUSY_NOTICE_S = 1.0
 _SERVING: list[bool] = []  # set in the kept session's own process
 
 
@@ -92,8 +96,8 @@ def socket_path(target: Path) -> Path:
 def session_key(root: Path, spark: Mapping[str, Any], master: str | None, conf: Mapping[str, Any],
                 code_files: Iterable[Path], environ: Mapping[str, str] = os.environ) -> str:
     """What decides a command's session, as one string: a kept session serves only commands of
-    the same key. ``code_files`` are the project's own model code (python flavor modules): the
-    workers load a shipped file once per session."""
+    the same key. ``code_files`` are the models' own code (a python-flavor class's package, in the
+    project or installed): the workers import it once per session."""
     import sqlinfer
 
     package = Path(sqlinfer.__file__).parent
@@ -119,7 +123,9 @@ def _stamps(files: Iterable[Path]) -> list[tuple[str, int, int]]:
 
 
 # The wire: one JSON object per line each way. The client sends the request; the server answers
-# with {"out": text} / {"err": text} frames, then {"exit": code}, or {"restart": reason} alone.
+# {"accepted": true} when it starts the command, then {"out": text} / {"err": text} frames, then
+# {"exit": code}; or {"restart": reason} alone. A connection closed before "accepted" means the
+# session ended without running the command (idle, stopped, or after the command before it).
 def send(conn: socket.socket, message: Mapping[str, Any]) -> None:
     conn.sendall(json.dumps(message).encode() + b"\n")
 
@@ -194,7 +200,7 @@ def forward(target: Path, key: str, argv: list[str], minutes: float) -> int:
     """Run the command line ``argv`` in the project's kept session (started when there is none,
     or restarted when its key differs), print its output, and return its exit code."""
     path = socket_path(target)
-    for _attempt in range(2):
+    for _attempt in range(3):
         with _spawn_lock(path):
             conn = _connect(path) or _start(path, target, minutes)
         with conn:
@@ -202,15 +208,35 @@ def forward(target: Path, key: str, argv: list[str], minutes: float) -> int:
             answer = _relay(conn)
         if "exit" in answer:
             return int(answer["exit"])
-        _wait_ended(answer["pid"])  # it ends because this command needs another session
-    raise SessionError("the kept session restarted twice for one command", code="session.kept_failed")
+        # It ends because this command needs another session, or it has ended without running
+        # this command (it was queued behind one that ended the session, or the idle end came first).
+        _wait_ended(answer["pid"])
+    raise SessionError("the kept session ended three times before running the command", code="session.kept_failed")
 
 
 def _relay(conn: socket.socket) -> dict[str, Any]:
-    """Print the server's output frames until its last message. Ctrl-C interrupts the command over
-    there, as it would here (the server is in its own process group); the output that follows
+    """Print the server's output frames until its last message: ``{"exit": code}`` when the command
+    ran, else the server's reason not to run it (with its pid).
+
+    The server runs one command at a time; a command queued behind another says so after
+    :data:`BUSY_NOTICE_S`, instead of looking hung. Until the server takes it, Ctrl-C just leaves
+    (the server skips a request whose client has gone). Once it runs, Ctrl-C interrupts the command
+    over there, as it would here (the server is in its own process group); the output that follows
     (the interrupted command's last lines) is still printed. A second Ctrl-C leaves at once."""
     server_pid = peer(conn)[0]
+    if not select.select([conn], [], [], BUSY_NOTICE_S)[0]:
+        sys.stderr.write(f"Waiting for the project's kept session (pid {server_pid}): it is running another "
+                         "command.\n")
+        sys.stderr.flush()
+    frames = messages(conn)
+    try:
+        first = next(frames, None)
+    except OSError:  # reset: the server closed its socket with this command still queued
+        first = None
+    if first is None:
+        return {"ended": True, "pid": server_pid}
+    if not first.get("accepted"):
+        return {**first, "pid": server_pid}
 
     def interrupt(*_: object) -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -221,7 +247,7 @@ def _relay(conn: socket.socket) -> dict[str, Any]:
 
     previous = signal.signal(signal.SIGINT, interrupt)
     try:
-        for message in messages(conn):
+        for message in frames:
             if "out" in message or "err" in message:
                 stream = sys.stdout if "out" in message else sys.stderr
                 stream.write(message.get("out", message.get("err", "")))

@@ -139,6 +139,7 @@ def test_ctrl_c_reaches_the_command_and_ends_the_server(project: Path) -> None:
         kept_session.send(conn, {"argv": ["docs", "serve", str(project), "--port", "0"], "cwd": str(project),
                                  "key": "k", "started": time.time()})
         frames = kept_session.messages(conn)
+        assert next(frames) == {"accepted": True}
         first = next(frames)
         assert first["out"].startswith("Serving ") and "(Ctrl-C stops)" in first["out"], first
         kept_session.send(conn, {"interrupt": True})
@@ -162,3 +163,87 @@ def test_the_server_ends_when_idle(project: Path, capfd: pytest.CaptureFixture) 
         time.sleep(0.05)
     assert not alive(pid) and not path.exists()
     assert "no command for 1 s: ending" in (target / "logs" / "kept_session.log").read_text()
+
+
+def test_a_python_models_code_is_its_whole_package_found_without_importing_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sqlinfer.models.flavors.python import package_files
+
+    site = tmp_path / "site"
+    package = site / "mynets"
+    (package / "blocks").mkdir(parents=True)
+    for relative in ("__init__.py", "nets.py", "blocks/__init__.py", "blocks/conv.py"):
+        (package / relative).write_text("raise RuntimeError('imported')\n")
+    (package / "notes.txt").write_text("not code")
+    (site / "single.py").write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(site))
+    root = tmp_path / "project"
+    root.mkdir()
+
+    installed = package_files("mynets.nets", root)
+    assert [str(path.relative_to(package)) for path in installed] == [
+        "__init__.py", "blocks/__init__.py", "blocks/conv.py", "nets.py"]
+    assert "mynets" not in sys.modules  # found, not imported (its __init__ would raise)
+    assert package_files("single", root) == (site / "single.py",)
+    assert package_files("no_such_module_here", root) == ()
+
+    # The project's own module is the one its models import (the project folder comes first).
+    (root / "mynets").mkdir()
+    (root / "mynets" / "nets.py").write_text("X = 2\n")
+    assert package_files("mynets.nets", root) == (root / "mynets" / "nets.py",)
+
+    # An edit to a helper of the installed package changes a kept session's key.
+    def key() -> str:
+        return kept_session.session_key(root, {}, None, {}, package_files("mynets.nets", tmp_path / "elsewhere"),
+                                        {"PATH": "/usr/bin"})
+
+    before = key()
+    conv = package / "blocks" / "conv.py"
+    stat = conv.stat()
+    conv.write_text("raise RuntimeError('imported, edited')\n")
+    os.utime(conv, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert key() != before
+
+
+def test_a_queued_command_says_it_waits_and_runs_after_the_session_before_it_ended(
+        project: Path, capfd: pytest.CaptureFixture) -> None:
+    import threading
+
+    target = project / "target"
+    (target / "docs").mkdir(parents=True)
+    (target / "docs" / "index.html").write_text("<html></html>")
+    path = kept_session.socket_path(target)
+    with kept_session._spawn_lock(path):
+        busy = kept_session._start(path, target, minutes=5)
+    first_pid = kept_session.peer(busy)[0]
+    busy.settimeout(60)
+    kept_session.send(busy, {"argv": ["docs", "serve", str(project), "--port", "0"], "cwd": str(project),
+                             "key": "k", "started": time.time()})
+    frames = kept_session.messages(busy)
+    assert next(frames) == {"accepted": True}
+    assert next(frames)["out"].startswith("Serving ")
+
+    def interrupt_later() -> None:  # Ctrl-C for `docs serve`, which ends that kept session
+        time.sleep(3)
+        kept_session.send(busy, {"interrupt": True})
+        list(frames)
+
+    stopper = threading.Thread(target=interrupt_later)
+    stopper.start()
+    started = time.monotonic()
+    code = kept_session.forward(target, "k", ["ls", str(project)], minutes=5)  # queued behind `docs serve`
+    waited = time.monotonic() - started
+    stopper.join(timeout=60)
+    busy.close()
+    out, err = capfd.readouterr()
+    assert code == 0, err
+    assert err.count("Waiting for the project's kept session") == 1
+    assert f"Waiting for the project's kept session (pid {first_pid}): it is running another command." in err
+    assert first_column(out)[1] == "digit_predictions"
+    assert waited > 3  # it ran only after the first session had ended
+    second_pid = kept_session.server_pid(target)
+    assert second_pid not in (None, first_pid) and not alive(first_pid)
+    log = (target / kept_session.LOG).read_text()
+    assert log.count(" listening on ") == 2
+    assert f"ran ls {project}: exit code 0" in log
+    kept_session.stop(target)

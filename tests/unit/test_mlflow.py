@@ -121,6 +121,28 @@ def test_moving_an_alias_changes_the_fingerprint_of_the_models_that_follow_it_on
                                atol=1e-5, rtol=0)
 
 
+
+def test_a_runs_uri_reads_that_runs_model_and_records_the_run(registry: Registry) -> None:
+    client = mlflow.MlflowClient(registry.uri)
+    trained_run, random_run = (client.get_model_version("digits", version).run_id for version in ("1", "2"))
+    uri = f"runs:/{random_run}/model"
+    project = registry.declare(_model("by_run", uri=uri)
+                               + _model("weights_by_run", flavor="python", **{"class": "digits_net:DigitsCNN"},
+                                        weights=f"runs:/{trained_run}/model"))
+    by_run, weights_by_run = project.resolve_models()
+    assert [(m.weights.format, m.weights.origin) for m in (by_run, weights_by_run)] == [
+        ("pt2", uri), ("safetensors", f"runs:/{trained_run}/model")]
+    pixels = _pixels()
+    np.testing.assert_allclose(_outputs(by_run, pixels), _own_outputs(registry.random, pixels), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(_outputs(weights_by_run, pixels), _own_outputs(registry.trained, pixels),
+                               atol=1e-5, rtol=0)
+
+    missing = registry.declare(_model("gone", uri=f"runs:/{random_run}/no_such_folder"))
+    with pytest.raises(ConfigError, match=rf"cannot download runs:/{random_run}/no_such_folder: ") as info:
+        missing.resolve_models()
+    assert (info.value.code, info.value.line) == (
+        "config.missing_model", registry.line_of(f"    uri: runs:/{random_run}/no_such_folder"))
+
 def test_a_pickled_pytorch_model_is_read_only_when_trusted(registry: Registry) -> None:
     declared = ("  - name: pickled\n    flavor: mlflow\n    uri: models:/digits/3\n    class: digits_net:DigitsCNN\n"
                 "    output: logits\n" + PREPROCESS)

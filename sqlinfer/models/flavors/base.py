@@ -109,6 +109,11 @@ class Flavor(Protocol):
         lives outside the project, where its changes cannot be tracked."""
         return ()
 
+    def code_files(self, item: Located, root: Path) -> tuple[Path, ...]:
+        """Files whose edit must restart a kept session (sqlinfer/runtime/kept_session.py), whose
+        workers keep the code they imported: the project's (:meth:`source_files`) by default."""
+        return self.source_files(item, root) or ()
+
     def labels_in(self, weights: Weights) -> tuple[str, ...] | None:
         """Class names the weights carry (e.g. a config's ``id2label``), used where neither the
         declaration nor :meth:`defaults` gives any."""

@@ -9,6 +9,7 @@ The module must be importable on the workers: either installed in their Python e
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,6 +40,26 @@ def project_module_file(decl: ModelDecl, root: Path) -> Path | None:
     module, _ = split_class_path(decl)
     candidate = root.joinpath(*module.split(".")).with_suffix(".py")
     return candidate if candidate.is_file() else None
+
+
+def package_files(module: str, root: Path) -> tuple[Path, ...]:
+    """The ``.py`` files of the top-level package (or module) ``module`` belongs to: the project's
+    when the project has the module (as :func:`check_class` imports it), else the one this Python
+    would import. Found without importing anything (a top-level name's spec needs no import): a
+    kept session's client stays quick, and a class's helpers in sibling modules count as its code."""
+    top = module.split(".")[0]
+    if root.joinpath(*module.split(".")).with_suffix(".py").is_file():
+        own = root / top
+        return tuple(sorted(own.rglob("*.py"))) if own.is_dir() else (own.with_suffix(".py"),)
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        return ()
+    if spec is None:
+        return ()
+    if spec.submodule_search_locations:
+        return tuple(sorted(path for folder in spec.submodule_search_locations for path in Path(folder).rglob("*.py")))
+    return (Path(spec.origin),) if spec.origin and Path(spec.origin).is_file() else ()
 
 
 def load_class(decl: ModelDecl) -> Any:
@@ -99,6 +120,9 @@ class Python(Flavor):
     def source_files(self, item: Located, root: Path) -> tuple[Path, ...] | None:
         module_file = project_module_file(item.decl, root)
         return (module_file,) if module_file else None
+
+    def code_files(self, item: Located, root: Path) -> tuple[Path, ...]:
+        return package_files(split_class_path(item.decl)[0], root)
 
     def build(self, decl: ModelDecl, weights: Weights) -> torch.nn.Module:
         return build_class(decl, weights)
