@@ -3,7 +3,8 @@
 - ``seed``: a CSV file of the seeds folder loaded into a table, staged and swapped like a table.
 - ``view``: a temporary view, created again in every session of the project (it may call model
   functions and read sources, which are session objects too).
-- ``table``: the new data is written completely into a staging table, then names are swapped; the
+- ``table``: the new data is written completely into a staging table (with the properties and
+  comment the user gave the table it replaces), then names are swapped; the
   old table is dropped only after the new one has its name, once the build's nodes are all built
   (:meth:`Materializer.drop_replaced`). A build killed at any point leaves the
   old table, or the new one, complete under the node's name (killed between the two renames: the
@@ -257,16 +258,33 @@ class Materializer:
         return problems
 
     def _create_as(self, node: Node, models: dict[str, str]) -> Create:
-        """Creates the node's staging table as a given SELECT (for :meth:`_stage`)."""
-        return lambda select, schema: self._create_table_as(node.name + STAGING, node, select, schema, models)
+        """Creates the node's staging table as a given SELECT (for :meth:`_stage`), with the
+        properties and comment the user gave the node's table, if it has one: the table that
+        replaces it keeps them, as a folder swap's does."""
+        def create(select: str, schema: StructType) -> None:
+            properties, comment = self._set_by_user(node.name)
+            self._create_table_as(node.name + STAGING, node, select, schema,
+                                  {**properties, **self._properties(node, models)}, comment)
+        return create
+
+    def _set_by_user(self, name: str) -> tuple[dict[str, str], str | None]:
+        """The properties (other than a build's own) and the comment of table ``name``, if it exists."""
+        catalog = self._external_catalog()
+        if not catalog.tableExists(self.database, name):
+            return {}, None
+        table = catalog.getTable(self.database, name)
+        properties = {key: value for key, value in _scala_dict(table.properties()).items()
+                      if key not in (MODELS_PROPERTY, BUILT_BY_PROPERTY)}
+        return properties, table.comment().get() if table.comment().isDefined() else None
 
     def _create_table_as(self, name: str, node: Node, frame_sql: str, schema: StructType,
-                         models: dict[str, str]) -> None:
+                         properties: dict[str, str], comment: str | None = None) -> None:
         cfg = node.config
         partition = f"PARTITIONED BY ({', '.join(f'`{c}`' for c in cfg.partition_by)}) " if cfg.partition_by else ""
+        described = f"COMMENT {literal(comment)} " if comment is not None else ""
         self.spark.sql(f"CREATE TABLE {self.qualified(name)} USING {cfg.file_format} "
-                       f"{self._options(cfg.file_format, schema)}{partition}"
-                       f"TBLPROPERTIES ({_pairs(self._properties(node, models))}) AS {frame_sql}")
+                       f"{self._options(cfg.file_format, schema)}{partition}{described}"
+                       f"TBLPROPERTIES ({_pairs(properties)}) AS {frame_sql}")
 
     @staticmethod
     def _properties(node: Node, models: dict[str, str]) -> dict[str, str]:

@@ -143,7 +143,8 @@ def test_a_cached_table_is_read_afresh_after_its_rebuild(spark, tmp_path: Path) 
 def test_a_rebuild_with_the_same_columns_swaps_folders_and_keeps_the_tables_entry(spark, tmp_path: Path) -> None:
     """A table rebuilt with the same columns keeps its metastore entry (Materializer._swap_folders):
     new files, the model fingerprints recorded again, the size statistics Spark's planner reads
-    counted afresh, nothing left beside it; new columns still get a new table."""
+    counted afresh, nothing left beside it; new columns still get a new table, which keeps the
+    properties and comment the user gave the old one."""
     root, node, database = table_node_project(tmp_path / "folders",
                                               "SELECT id, CAST(id AS FLOAT) AS score FROM range(3)")
     assert Project.load(root).build(spark).success
@@ -165,12 +166,19 @@ def test_a_rebuild_with_the_same_columns_swaps_folders_and_keeps_the_tables_entr
     assert spark.table(table).count() == 5000
     assert sorted(p.name for p in folder.parent.iterdir() if p.name.startswith("numbers")) == ["numbers"]
 
+    # New columns need a new entry: tables are swapped, and the new one gets what the user set on
+    # the old one (its properties, its comment), with the build's own properties recorded afresh.
+    spark.sql(f"COMMENT ON TABLE {table} IS \"scores, it's the team's\"")
+    spark.sql(f"ALTER TABLE {table} SET TBLPROPERTIES ('sqlinfer.models' = '{{\"old\": \"y\"}}')")
     node.write_text("{{ config(materialized='table') }}\nSELECT id, CAST(id AS FLOAT) AS score, 'x' AS label "
                     "FROM range(4)\n")
     (result,) = Project.load(root).build(spark).nodes
     assert (result.status, result.action, result.rows) == ("success", "rebuilt", 4)
     assert spark.table(table).columns == ["id", "score", "label"]
-    assert "team=vision" not in described(spark, table)["Table Properties"]  # a new entry: tables were swapped
+    swapped = described(spark, table)
+    assert swapped["Comment"] == "scores, it's the team's"
+    properties = swapped["Table Properties"].strip("[]").split(", ")
+    assert sorted(properties) == ["sqlinfer.models={}", "sqlinfer.node=numbers", "team=vision"], properties
 
 
 def test_a_backup_folder_is_not_restored_into_a_folder_the_table_no_longer_reads(spark, tmp_path: Path) -> None:
