@@ -430,17 +430,23 @@ def test_float_columns_written_without_dictionary(spark, tmp_path: Path) -> None
 
 def test_every_parquet_write_of_the_session_keeps_floats_plain(spark, tmp_path: Path) -> None:
     """sqlinfer's Spark extension (resources/PlainFloats.java) gives any statement's Parquet files
-    the build's treatment: CREATE TABLE AS SELECT (the options kept in the table's definition),
-    INSERT, a DataFrame write; the label keeps its dictionary."""
+    the build's treatment: CREATE TABLE AS SELECT (the options kept in the table's definition), a
+    Hive-format one (STORED AS PARQUET: Spark writes its files through an INSERT it analyzes, which
+    the rule sees), INSERT, a DataFrame write; the label keeps its dictionary."""
     spark.sql(f"CREATE TABLE plain_floats USING parquet LOCATION '{tmp_path / 'ctas'}' AS {FLOATS_AND_A_LABEL}")
+    spark.sql(f"CREATE TABLE plain_floats_hive STORED AS PARQUET AS {FLOATS_AND_A_LABEL}")
     try:
         created = column_encodings(spark.table("plain_floats").inputFiles())
         properties = {row.key: row.value for row in spark.sql("SHOW TBLPROPERTIES plain_floats").collect()}
         storage = described(spark, "plain_floats")["Storage Properties"]
         spark.sql(f"INSERT OVERWRITE TABLE plain_floats {FLOATS_AND_A_LABEL}")
         inserted = column_encodings(spark.table("plain_floats").inputFiles())
+        hive = column_encodings(spark.table("plain_floats_hive").inputFiles())
+        spark.sql(f"INSERT INTO plain_floats_hive {FLOATS_AND_A_LABEL}")
+        hive_inserted = column_encodings(spark.table("plain_floats_hive").inputFiles())
     finally:
         spark.sql("DROP TABLE plain_floats")
+        spark.sql("DROP TABLE IF EXISTS plain_floats_hive")
     spark.sql(FLOATS_AND_A_LABEL).write.parquet(str(tmp_path / "written"))
     written = column_encodings([str(p) for p in (tmp_path / "written").glob("*.parquet")])
     spark.sql("SELECT named_struct('p', CAST(id % 3 AS FLOAT), 'name', CAST(id % 3 AS STRING)) AS s, "
@@ -450,7 +456,7 @@ def test_every_parquet_write_of_the_session_keeps_floats_plain(spark, tmp_path: 
     assert set(nested) == {"s.p", "s.name", "m.key_value.key", "m.key_value.value"}
     assert not (nested["s.p"] | nested["m.key_value.value"]) & DICTIONARY_ENCODINGS
     assert nested["s.name"] & DICTIONARY_ENCODINGS and nested["m.key_value.key"] & DICTIONARY_ENCODINGS
-    for encodings in (created, inserted, written):
+    for encodings in (created, inserted, written, hive, hive_inserted):
         assert set(encodings) == {"score", "scores.list.element", "label"}
         assert not encodings["score"] & DICTIONARY_ENCODINGS
         assert not encodings["scores.list.element"] & DICTIONARY_ENCODINGS
