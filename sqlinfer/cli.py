@@ -406,8 +406,9 @@ def docs_serve(project: Path, host: str, port: int) -> None:
         fail(CommandError(f"no docs page in {_shown(folder)}: run `sqlinfer docs generate` first",
                           code="cli.no_docs", path=folder))
     server = ThreadingHTTPServer((host, port), partial(SimpleHTTPRequestHandler, directory=str(folder)))
-    click.echo(f"Serving {_shown(folder / 'index.html')} at http://{host}:{server.server_address[1]}/ (Ctrl-C stops)")
-    try:
+    try:  # from here on Ctrl-C stops it quietly, even before the loop has started
+        click.echo(f"Serving {_shown(folder / 'index.html')} at http://{host}:{server.server_address[1]}/ "
+                   "(Ctrl-C stops)")
         server.serve_forever()
     except KeyboardInterrupt:
         pass

@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -125,26 +129,33 @@ def test_commands_run_in_the_server_and_a_new_key_restarts_it(project: Path, cap
     assert kept_session.stop(target) is None
 
 
-def test_ctrl_c_reaches_the_command_and_ends_the_server(project: Path) -> None:
+def serving_docs(project: Path) -> tuple[socket.socket, Iterator[dict[str, Any]]]:
+    """A kept session, started as any client starts it, running `docs serve` (until Ctrl-C) for the
+    connection returned with its remaining frames (its first output frame read)."""
     target = project / "target"
     (target / "docs").mkdir(parents=True)
     (target / "docs" / "index.html").write_text("<html></html>")
     path = kept_session.socket_path(target)
-    # Started as any client starts it; `docs serve` runs until Ctrl-C.
     with kept_session._spawn_lock(path):
         conn = kept_session._start(path, target, minutes=5)
+    conn.settimeout(60)  # a server deaf to the interrupt fails the test instead of hanging it
+    kept_session.send(conn, {"argv": ["docs", "serve", str(project), "--port", "0"], "cwd": str(project),
+                             "key": "k", "started": time.time()})
+    frames = kept_session.messages(conn)
+    assert next(frames) == {"accepted": True}
+    first = next(frames)
+    assert first["out"].startswith("Serving ") and "(Ctrl-C stops)" in first["out"], first
+    return conn, frames
+
+
+def test_ctrl_c_reaches_the_command_and_ends_the_server(project: Path) -> None:
+    target = project / "target"
+    conn, frames = serving_docs(project)
     with conn:
-        conn.settimeout(60)  # a server deaf to the interrupt fails the test instead of hanging it
         pid = kept_session.peer(conn)[0]
-        kept_session.send(conn, {"argv": ["docs", "serve", str(project), "--port", "0"], "cwd": str(project),
-                                 "key": "k", "started": time.time()})
-        frames = kept_session.messages(conn)
-        assert next(frames) == {"accepted": True}
-        first = next(frames)
-        assert first["out"].startswith("Serving ") and "(Ctrl-C stops)" in first["out"], first
         kept_session.send(conn, {"interrupt": True})
         rest = list(frames)
-    assert rest[-1] == {"exit": 0}  # `docs serve` ends on Ctrl-C as it does in a terminal
+    assert rest[-1] == {"exit": 0}, rest  # `docs serve` ends on Ctrl-C as it does in a terminal
     deadline = time.monotonic() + 30
     while alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -207,21 +218,9 @@ def test_a_python_models_code_is_its_whole_package_found_without_importing_it(
 
 def test_a_queued_command_says_it_waits_and_runs_after_the_session_before_it_ended(
         project: Path, capfd: pytest.CaptureFixture) -> None:
-    import threading
-
     target = project / "target"
-    (target / "docs").mkdir(parents=True)
-    (target / "docs" / "index.html").write_text("<html></html>")
-    path = kept_session.socket_path(target)
-    with kept_session._spawn_lock(path):
-        busy = kept_session._start(path, target, minutes=5)
+    busy, frames = serving_docs(project)
     first_pid = kept_session.peer(busy)[0]
-    busy.settimeout(60)
-    kept_session.send(busy, {"argv": ["docs", "serve", str(project), "--port", "0"], "cwd": str(project),
-                             "key": "k", "started": time.time()})
-    frames = kept_session.messages(busy)
-    assert next(frames) == {"accepted": True}
-    assert next(frames)["out"].startswith("Serving ")
 
     def interrupt_later() -> None:  # Ctrl-C for `docs serve`, which ends that kept session
         time.sleep(3)
