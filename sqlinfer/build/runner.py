@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 
 from sqlinfer.build.data_tests import DataTest, TestResult
 from sqlinfer.build.manifest import Manifest, Node, NodeLoader, identifiers
-from sqlinfer.build.materialize import Materializer
+from sqlinfer.build.materialize import Materializer, Outcome
+from sqlinfer.build.progress import NodeProgress
 from sqlinfer.build.state import modified, node_states, read_manifest, write_manifest
 from sqlinfer.errors import BuildError, SqlinferError
 from sqlinfer.models.plan import checked_name
@@ -382,18 +383,9 @@ class Runner:
         group = f"sqlinfer-build-{node.name}-{time.time_ns()}"
         self.spark.sparkContext.setJobGroup(group, f"sqlinfer build: {node.config.materialized} {node.name}")
         try:
-            kind = node.config.materialized
-            if kind == "view":
-                outcome = self.materializer.view(node)
-            elif kind == "seed":
-                outcome = self.materializer.seed(node)
-            elif kind == "table":
-                outcome = self.materializer.table(node, result.models, check_bad_rows)
-            else:
-                refresh, reason = self._refresh_reason(node, result.models, full_refresh)
-                incremental_sql = self._incremental_sql(node, manifest)
-                outcome = self.materializer.incremental(node, incremental_sql, result.models, refresh, reason,
-                                                        check_bad_rows)
+            with NodeProgress(self.spark, group, node.name, self.report,
+                              lambda: max((s.rows for s in scored_since().values()), default=0)):
+                outcome = self._materialize(node, result.models, manifest, full_refresh, check_bad_rows)
             result.status, result.rows = "success", outcome.rows
             result.action, result.message = outcome.action, outcome.note
         except Exception as exc:  # a failed node is reported, its descendants skipped
@@ -408,6 +400,19 @@ class Runner:
         result.scored_by = scored_since()
         result.rows_scored = max((s.rows for s in result.scored_by.values()), default=0)
         result.rows_bad = max((s.bad for s in result.scored_by.values()), default=0)
+
+    def _materialize(self, node: Node, models: dict[str, str], manifest: Manifest, full_refresh: bool,
+                     check_bad_rows: Callable[[], None]) -> Outcome:
+        kind = node.config.materialized
+        if kind == "view":
+            return self.materializer.view(node)
+        if kind == "seed":
+            return self.materializer.seed(node)
+        if kind == "table":
+            return self.materializer.table(node, models, check_bad_rows)
+        refresh, reason = self._refresh_reason(node, models, full_refresh)
+        return self.materializer.incremental(node, self._incremental_sql(node, manifest), models, refresh, reason,
+                                             check_bad_rows)
 
     def _incremental_sql(self, node: Node, manifest: Manifest) -> str:
         """The node's SQL for an incremental run: every input that has the unique key column reads

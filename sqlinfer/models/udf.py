@@ -84,14 +84,16 @@ class UdfStats:
     def totals(self) -> dict[str, float]:
         """Each counter summed over processes; timestamps (``*_at``) have no sum and are left out."""
         out: dict[str, float] = {}
-        for key, value in self.accumulator.value.items():
+        # A copy first: the accumulator server's thread adds keys as new workers report, and a
+        # build's progress line (sqlinfer/build/progress.py) reads these while tasks finish.
+        for key, value in list(self.accumulator.value.items()):
             name = key.split("@")[0]
             if not name.endswith("_at"):
                 out[name] = out.get(name, 0) + value
         return out
 
     def per_process(self, counter: str) -> dict[int, float]:
-        return {int(key.split("@")[1]): value for key, value in self.accumulator.value.items()
+        return {int(key.split("@")[1]): value for key, value in list(self.accumulator.value.items())
                 if key.split("@")[0] == counter}
 
 

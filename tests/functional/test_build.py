@@ -4,6 +4,7 @@ fingerprint-triggered rebuilds, errors that name file and line and change no tab
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import textwrap
 from pathlib import Path
@@ -637,3 +638,32 @@ def test_init_project_builds_out_of_the_box(spark, tmp_path: Path) -> None:
     with pytest.raises(SqlinferError) as info:
         create_project("fresh", root)
     assert info.value.code == "cli.exists"
+
+
+def test_a_running_node_reports_its_tasks_and_rows_as_it_goes(spark, digits_copy: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """sqlinfer/build/progress.py: a line every EVERY_S seconds while a node runs (30 s by default;
+    0.2 s here, so that the digits table's second or two shows some), between its START and OK lines."""
+    monkeypatch.setattr("sqlinfer.build.progress.EVERY_S", 0.2)
+    lines: list[str] = []
+    result = Project.load(digits_copy).build(spark, select=("digit_predictions",), report=lines.append)
+    (node,) = result.nodes
+    assert node.status == "success", node.message
+    start = lines.index("[1/1] START table digit_predictions")
+    end = next(i for i, line in enumerate(lines) if line.startswith("[1/1] OK    table digit_predictions"))
+    progress = lines[start + 1:end]
+    assert progress, lines
+    pattern = re.compile(r"      digit_predictions: (?:starting|(\d+) of (\d+) tasks done)"
+                         r"(?:, ([\d,]+) rows scored)?, (\d+) s")
+    seen = [pattern.fullmatch(line) for line in progress]
+    assert all(seen), progress
+    for match in seen:
+        assert match is not None
+        done, total, scored, _seconds = match.groups()
+        if total is not None:
+            assert 0 <= int(done) <= int(total)
+        if scored is not None:
+            assert 0 < int(scored.replace(",", "")) <= 1797
+    elapsed = [int(match.group(4)) for match in seen if match]
+    assert elapsed == sorted(elapsed)
+    assert not any(line.startswith("      digit_predictions:") for line in lines[end:])  # it stopped with the node
