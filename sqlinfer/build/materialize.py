@@ -257,22 +257,19 @@ class Materializer:
                     problems.append(f"view {node.name!r} not created ({node.path.name}): {first_line(str(exc))}")
         return problems
 
-    def _create_as(self, node: Node, models: dict[str, str]) -> Create:
-        """Creates the node's staging table as a given SELECT (for :meth:`_stage`), with the
-        properties and comment the user gave the node's table, if it has one: the table that
-        replaces it keeps them, as a folder swap's does."""
+    def _create_as(self, node: Node, models: dict[str, str], replacing: bool) -> Create:
+        """Creates the node's staging table as a given SELECT (for :meth:`_stage`). ``replacing``
+        the node's table, it gets the properties and comment the user gave that table: the table
+        that replaces it keeps them, as a folder swap's does."""
         def create(select: str, schema: StructType) -> None:
-            properties, comment = self._set_by_user(node.name)
+            properties, comment = self._set_by_user(node.name) if replacing else ({}, None)
             self._create_table_as(node.name + STAGING, node, select, schema,
                                   {**properties, **self._properties(node, models)}, comment)
         return create
 
     def _set_by_user(self, name: str) -> tuple[dict[str, str], str | None]:
-        """The properties (other than a build's own) and the comment of table ``name``, if it exists."""
-        catalog = self._external_catalog()
-        if not catalog.tableExists(self.database, name):
-            return {}, None
-        table = catalog.getTable(self.database, name)
+        """The properties (other than a build's own) and the comment of table ``name``."""
+        table = self._external_catalog().getTable(self.database, name)
         properties = {key: value for key, value in _scala_dict(table.properties()).items()
                       if key not in (MODELS_PROPERTY, BUILT_BY_PROPERTY)}
         return properties, table.comment().get() if table.comment().isDefined() else None
@@ -318,7 +315,7 @@ class Materializer:
         tables swapped, or folders where the table's entry fits the new rows; returns the rows."""
         folder = self._swappable_folder(node, frame.schema) if existed else None
         if folder is None:
-            rows = self._stage(node.name, frame, self._create_as(node, models), check)
+            rows = self._stage(node.name, frame, self._create_as(node, models, existed), check)
             self._swap(node.name, existed)
         else:
             rows = self._stage_files(node, frame, check)
@@ -713,7 +710,7 @@ class Materializer:
             copied = ", ".join(f"CAST(`{c}` AS {select[c].simpleString()}) AS `{c}`" if c in table
                                else f"CAST(NULL AS {select[c].simpleString()}) AS `{c}`" for c in select)
             self._stage(node.name, self.spark.sql(f"SELECT {copied} FROM {self.qualified(node.name)}"),
-                        self._create_as(node, models), lambda: None)
+                        self._create_as(node, models, replacing=True), lambda: None)
             self._swap(node.name, True)
         return f"schema change ({mode}): {described}"
 

@@ -41,7 +41,6 @@ if TYPE_CHECKING:
 
     from sqlinfer.project import Project
 
-JAR = SPARK_JAR  # the guard's classes are in sqlinfer's jar
 EXTENSION = "sqlinfer.guard.SqlGuard"
 ALLOW_KEY = "spark.sqlinfer.guard.allow"  # SqlGuard.ALLOW_KEY
 RESTRICTED_MODE = "spark.sql.restrictedMode.enabled"
@@ -65,12 +64,12 @@ def guard_conf(conf: Mapping[str, Any], allow: Iterable[str] = ()) -> dict[str, 
     if unknown:
         raise ServeError(f"the SQL guard cannot allow {', '.join(unknown)}: use any of {', '.join(GUARD_FEATURES)}",
                          code="serve.bad_setting")
-    if not JAR.is_file():
-        raise ServeError(f"the SQL guard's jar {JAR} is missing: reinstall sqlinfer (or run "
+    if not SPARK_JAR.is_file():
+        raise ServeError(f"the SQL guard's jar {SPARK_JAR} is missing: reinstall sqlinfer (or run "
                          f"{RESOURCES / 'build_jar.sh'})", code="serve.guard_unavailable")
     settings = {key: conf_text(value) for key, value in conf.items()}
     settings[EXTENSIONS] = join_setting(settings.get(EXTENSIONS, ""), EXTENSION, ",")
-    settings[CLASS_PATH] = join_setting(settings.get(CLASS_PATH, ""), str(JAR), os.pathsep)
+    settings[CLASS_PATH] = join_setting(settings.get(CLASS_PATH, ""), str(SPARK_JAR), os.pathsep)
     settings[ALLOW_KEY] = ",".join(sorted(allow))
     # Spark's switch covers both features at once: with either allowed, the guard's rule refuses the other.
     if not allow & {"reflect", "transform"}:

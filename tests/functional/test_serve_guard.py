@@ -28,7 +28,7 @@ from helpers import Served, docs_catalogue, start_serve, wait_ready
 
 from sqlinfer.client import connect
 from sqlinfer.errors import SqlinferError
-from sqlinfer.serve.guard import JAR, RESOURCES
+from sqlinfer.runtime.settings import RESOURCES, SPARK_JAR
 from sqlinfer.serve.server import beeline_path
 
 pytestmark = [pytest.mark.spark, pytest.mark.reliability]
@@ -312,8 +312,8 @@ def test_the_shipped_jar_is_the_build_of_its_source(tmp_path: Path) -> None:
         with zipfile.ZipFile(jar) as archive:
             return {name: archive.read(name) for name in archive.namelist() if name.endswith(".class")}
 
-    assert classes(rebuilt).keys() == classes(JAR).keys()
-    assert classes(rebuilt) == classes(JAR), "sqlinfer-spark.jar is stale: run sqlinfer/resources/build_jar.sh"
+    assert classes(rebuilt).keys() == classes(SPARK_JAR).keys()
+    assert classes(rebuilt) == classes(SPARK_JAR), "sqlinfer-spark.jar is stale: run sqlinfer/resources/build_jar.sh"
 
 
 # --- docs/serve.md ----------------------------------------------------------------------------------------
