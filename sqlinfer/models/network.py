@@ -63,16 +63,19 @@ class Network:
         import torch
 
         modules = dict(self.module.named_modules())
+        # The hooks hold the list, not self: a network that held itself through its module would
+        # outlive its last use (sqlinfer/worker/model_cache.py freezes it out of the collector's reach).
+        features = self._features
         if layer is not None:
             if layer not in modules:
                 raise ValueError(f"embedding_layer {layer!r} is not a module of the network")
-            modules[layer].register_forward_hook(lambda _m, _i, out: self._features.append(out))
+            modules[layer].register_forward_hook(lambda _m, _i, out: features.append(out))
             return
         # Default: the penultimate features, i.e. the input of the last Linear layer.
         linears = [m for m in modules.values() if isinstance(m, torch.nn.Linear)]
         if not linears:
             raise ValueError("no Linear layer to take the penultimate features from; set embedding_layer")
-        linears[-1].register_forward_hook(lambda _m, inputs, _o: self._features.append(inputs[0]))
+        linears[-1].register_forward_hook(lambda _m, inputs, _o: features.append(inputs[0]))
 
     def forward(self, pixels: np.ndarray) -> np.ndarray:
         """Rows of preprocessed input in the plan's ``input_shape`` (images: C x H x W, uint8 or

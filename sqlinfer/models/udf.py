@@ -185,14 +185,44 @@ def data_type(ddl: str) -> DataType:
     return parsed
 
 
+class _Broadcasts:
+    """The weights broadcasts of one SparkContext, by (format, digest): models with the same
+    weights (one network declared for two outputs) share one, and so do two commands of a kept
+    session that score with the same weights. Each command that uses a broadcast marks it."""
+
+    def __init__(self) -> None:
+        self.by_key: dict[tuple[str, str], Any] = {}
+        self.used: set[tuple[str, str]] = set()
+
+    @staticmethod
+    def of(sc: Any) -> _Broadcasts:
+        shelf: _Broadcasts = sc.__dict__.setdefault("_sqlinfer_broadcasts", _Broadcasts())
+        return shelf
+
+    def get(self, sc: Any, weights: Weights) -> Any:
+        key = (weights.format, weights.digest)
+        if key not in self.by_key:
+            self.by_key[key] = sc.broadcast(weights)
+        self.used.add(key)
+        return self.by_key[key]
+
+
+def release_unused_broadcasts(sc: Any) -> int:
+    """Destroy the weights broadcasts that no model used since the last call, and return how many.
+    A kept session calls it between commands: its SparkContext outlives them, and each change of a
+    broadcast model's weights would otherwise keep the old weights (pickled in the driver, in the
+    JVM's blocks) for the session's life."""
+    shelf = _Broadcasts.of(sc)
+    stale = [key for key in shelf.by_key if key not in shelf.used]
+    for key in stale:
+        shelf.by_key.pop(key).destroy()
+    shelf.used.clear()
+    return len(stale)
+
+
 def _broadcast(sc: Any, weights: Weights, count: Callable[[Counters], None]) -> Callable[[], Weights]:
-    """The weights as a Spark broadcast; the loader runs in a worker when it builds the network.
-    Models with the same weights (one network declared for two outputs) share one broadcast."""
-    shared_by_digest = sc.__dict__.setdefault("_sqlinfer_broadcasts", {})
-    key = (weights.format, weights.digest)
-    if key not in shared_by_digest:
-        shared_by_digest[key] = sc.broadcast(weights)
-    shared = shared_by_digest[key]
+    """The weights as a Spark broadcast; the loader runs in a worker when it builds the network."""
+    shared = _Broadcasts.of(sc).get(sc, weights)
 
     def load() -> Weights:
         count({"weights_reads": 1})

@@ -105,12 +105,18 @@ class _Command:
 def _fresh_session() -> None:
     """The next command's SparkSession: a new one of the same SparkContext, so that temporary views,
     functions and SQL settings of one command never reach the next (tables and cached data are
-    shared, as between two commands)."""
+    shared, as between two commands). Weights broadcast for earlier commands and not used by the
+    last one are destroyed: the SparkContext would otherwise hold every version of them."""
     from pyspark.sql import SparkSession
+
+    from sqlinfer.models.udf import release_unused_broadcasts
 
     current = SparkSession._instantiatedSession
     if current is None or current._sc._jsc is None:
         return
+    released = release_unused_broadcasts(current._sc)
+    if released:
+        print(f"released {released} weights broadcast(s) no longer used", flush=True)
     fresh = current.newSession()
     SparkSession._instantiatedSession = SparkSession._activeSession = fresh
     java_class = SparkSession._get_j_spark_session_class(fresh._jvm)

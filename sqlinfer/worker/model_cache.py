@@ -1,13 +1,15 @@
 """One network per worker process and model fingerprint: built on first use, then reused by
 every task the process runs (Spark reuses Python workers), like pyspark's ``ml/model_cache.py``;
 or built once in the worker daemon before it forks, and inherited by every worker
-(:func:`prebuild`, sqlinfer/runtime/daemon.py)."""
+(:func:`prebuild`, sqlinfer/runtime/daemon.py). A function whose weights or declaration change
+(a new fingerprint) replaces its old network in the process."""
 
 from __future__ import annotations
 
 import gc
 import threading
 import time
+import weakref
 from collections.abc import Callable
 
 from sqlinfer.models.flavors.base import Weights
@@ -45,6 +47,7 @@ def get_model(plan: ModelPlan, load_weights: Callable[[], Weights], stats: Stats
         return model
     with _BUILD_LOCK:
         if key not in _NETWORKS:
+            _drop_replaced(plan)
             started = time.perf_counter()
             _NETWORKS[key] = Network(plan, load_weights(), device)
             # The worker keeps what it has imported and built so far for its whole life: out of
@@ -53,3 +56,21 @@ def get_model(plan: ModelPlan, load_weights: Callable[[], Weights], stats: Stats
             # built_at (epoch seconds) lets the bench place the build on the cold start's timeline.
             stats({"builds": 1, "build_seconds": time.perf_counter() - started, "built_at": time.time()})
     return _NETWORKS[key]
+
+
+def _drop_replaced(plan: ModelPlan) -> None:
+    """Drop the networks this process holds for ``plan``'s function under another fingerprint:
+    the function's weights or declaration changed. A kept session's workers live across commands
+    (sqlinfer/runtime/kept_server.py), and each retrained version would otherwise stay in every
+    worker until it ends."""
+    stale = [key for key, network in _NETWORKS.items()
+             if network.plan.udf_name == plan.udf_name and key[0] != plan.fingerprint]
+    dropped = []
+    for key in stale:
+        dropped.append(weakref.ref(_NETWORKS.pop(key)))
+        _INHERITED.discard(key)
+    if any(network() is not None for network in dropped):
+        # Held by a reference cycle among the objects get_model froze: out of the collector's
+        # reach until unfrozen (get_model freezes again after the new build).
+        gc.unfreeze()
+        gc.collect()

@@ -15,6 +15,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from sqlinfer import Project
+from sqlinfer.models.udf import _Broadcasts
 
 pytestmark = pytest.mark.spark
 
@@ -152,7 +153,7 @@ def test_logits_equal_plain_pytorch_and_one_build_per_worker(spark, project: Pro
     # these weights were never broadcast.
     r18 = next(m for m in project.resolve_models() if m.plan.udf_name == "r18_predict")
     assert r18.weights.file is not None and r18.weights.file.path == str(project.root / "weights" / "r18.safetensors")
-    assert (r18.weights.format, r18.weights.digest) not in spark.sparkContext.__dict__.get("_sqlinfer_broadcasts", {})
+    assert (r18.weights.format, r18.weights.digest) not in _Broadcasts.of(spark.sparkContext).by_key
     assert stats.per_process("weights_reads") == builds
     # batch_size 7 holds whatever Arrow's batch size (16 rows per Arrow batch here).
     assert stats.totals()["batches"] >= 216 / 7
@@ -340,13 +341,42 @@ def test_return_types_parsed_in_python_equal_sparks_own_parse(spark, output: str
         assert data_type(text) == _parse_datatype_string(text)
 
 
+def test_a_kept_session_releases_the_broadcasts_the_last_command_did_not_use(
+        spark, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Between two commands a kept session destroys the weights broadcasts that the command just
+    run did not use (sqlinfer/runtime/kept_server.py): weights changed twice would otherwise stay
+    in the driver and the JVM for the session's life. Those it used stay for the next command.
+    (A shelf of its own: the session fixture's broadcasts belong to other tests.)"""
+    from sqlinfer.models.flavors.base import Weights
+    from sqlinfer.models.udf import _broadcast, release_unused_broadcasts
+
+    sc = spark.sparkContext
+    monkeypatch.setitem(sc.__dict__, "_sqlinfer_broadcasts", _Broadcasts())
+    first, retrained = Weights("safetensors", b"first weights"), Weights("safetensors", b"retrained weights")
+
+    def shelf() -> dict:
+        return _Broadcasts.of(sc).by_key
+
+    loads = [_broadcast(sc, weights, lambda _counters: None) for weights in (first, retrained)]
+    assert [load().data for load in loads] == [b"first weights", b"retrained weights"]
+    broadcasts = dict(shelf())
+    assert release_unused_broadcasts(sc) == 0  # the command that just ended used both
+    _broadcast(sc, retrained, lambda _counters: None)  # the next command uses the retrained weights only
+    assert release_unused_broadcasts(sc) == 1
+    assert set(shelf()) == {("safetensors", retrained.digest)}
+    assert not broadcasts[("safetensors", first.digest)]._jbroadcast.isValid()
+    assert broadcasts[("safetensors", retrained.digest)]._jbroadcast.isValid()
+    assert release_unused_broadcasts(sc) == 1  # a command that scored with neither
+    assert shelf() == {}
+
+
 def test_two_declarations_of_one_network_share_one_broadcast(spark, digits_copy: Path) -> None:
     """projects/digits declares its CNN twice (label; label and probabilities) with the same weights file. The
     local master's workers read that file in place: nothing is broadcast. Where the weights are
     broadcast (a cluster master, generated weights), the two declarations share one broadcast."""
     from sqlinfer.models.udf import _broadcast
 
-    shared = spark.sparkContext.__dict__.setdefault("_sqlinfer_broadcasts", {})
+    shared = _Broadcasts.of(spark.sparkContext).by_key
     before = set(shared)
     project = Project.load(digits_copy)
     project.register(spark)

@@ -3,6 +3,8 @@ build per process, and output rows in input order."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -142,3 +144,57 @@ def test_a_long_task_gives_free_memory_back_as_it_goes(model, baseline, monkeypa
     result, _, _ = score(model, BLOBS, arrow_batch=23)
     np.testing.assert_allclose(result, baseline[0], atol=1e-5)
     assert len(trims) == 3
+
+
+def test_new_weights_for_a_function_replace_its_old_network(model, baseline) -> None:
+    """A kept session's workers outlive commands: when a function's weights change (a new
+    fingerprint), the worker builds the new network and lets the old one go; other functions'
+    networks stay. The old network is freed even inside a reference cycle (a torch.fx-traced
+    module and its graph reference each other, as torchvision's BN-folded networks do), which
+    the worker's frozen collector alone would never visit."""
+    import dataclasses
+    import weakref
+
+    plan = model.plan
+    old = model_cache.get_model(plan, lambda: model.weights, lambda _counters: None)
+    other_function = dataclasses.replace(plan, decl=plan.decl.model_copy(update={"name": "other"}),
+                                         fingerprint="another function's fingerprint")
+    model_cache.get_model(other_function, lambda: model.weights, lambda _counters: None)
+    retrained = dataclasses.replace(plan, fingerprint="the same function, new weights")
+    old.cycle = old  # type: ignore[attr-defined]
+    old_ref = weakref.ref(old)
+    del old
+    built: list[dict[str, float]] = []
+    new = model_cache.get_model(retrained, lambda: model.weights, built.append)
+    assert [counters["builds"] for counters in built] == [1]
+    fingerprints = {key[0] for key in model_cache._NETWORKS}
+    assert plan.fingerprint not in fingerprints
+    assert {retrained.fingerprint, other_function.fingerprint} <= fingerprints
+    assert old_ref() is None  # freed, not only forgotten
+    assert new.plan.udf_name == plan.udf_name
+    model_cache._NETWORKS.clear()
+
+
+def test_an_embedding_network_is_freed_by_its_last_reference(model, tmp_path) -> None:
+    """The embedding hooks hold the list they fill, not the network: a network reachable from its
+    own module would wait for the collector, which a worker has frozen it out of."""
+    import gc
+    import shutil
+    import weakref
+
+    from sqlinfer.models.network import Network
+
+    root = tmp_path / "p"
+    shutil.copytree(Path(model.weights.file.path).parents[1], root)  # the fixture's project
+    (root / "models.yml").write_text(MODELS.replace("output: logits", "output: embedding"))
+    (embedding_model,) = Project.load(root).resolve_models()
+    network = Network(embedding_model.plan, embedding_model.weights, "cpu")
+    pixels = np.zeros((2, 3, 32, 32), dtype=np.uint8)
+    assert network.forward(pixels).shape == (2, 8)  # the last Linear's input: TinyNet's 8 channels
+    gc.disable()
+    try:
+        freed = weakref.ref(network)
+        del network
+        assert freed() is None
+    finally:
+        gc.enable()
