@@ -11,7 +11,7 @@ carries over), and ends after MINUTES without a command.
 
 A command whose session would differ (another master, --conf or project `spark:` setting, edited
 model code, in the project or in the package a python-flavor model's class comes from, another
-Python, sqlinfer or environment) stops the kept session and
+Python, sqlinfer, environment or installed library) stops the kept session and
 starts a new one. Any other command that needs the project's embedded metastore (`sqlinfer
 serve`, a command without the variable) stops it first; ``sqlinfer stop`` stops it by hand.
 
@@ -106,9 +106,29 @@ def session_key(root: Path, spark: Mapping[str, Any], master: str | None, conf: 
         "python": sys.executable, "sqlinfer": sqlinfer.__version__, "root": str(root.resolve()),
         "sqlinfer_code": _stamps(package.rglob("*.py")), "project_code": _stamps(code_files),
         "spark": {str(k): str(v) for k, v in spark.items()}, "master": master,
-        "conf": {str(k): str(v) for k, v in conf.items()}, "env": env,
+        "conf": {str(k): str(v) for k, v in conf.items()}, "env": env, "installed": installed_packages(),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def installed_packages(folders: Iterable[str] | None = None) -> list[tuple[str, int]]:
+    """Every installed distribution's metadata folder on ``sys.path`` with its time: pip writes a
+    new one at each install, upgrade or reinstall, so a session whose processes imported the old
+    torch (or any other library) is not reused after ``pip install``. About 1 ms: one listing per
+    folder, no import."""
+    out = []
+    for folder in sys.path if folders is None else folders:
+        try:
+            entries = list(os.scandir(folder)) if folder else []
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.name.endswith((".dist-info", ".egg-info")):
+                try:
+                    out.append((entry.path, entry.stat().st_mtime_ns))
+                except OSError:
+                    continue
+    return sorted(out)
 
 
 def _stamps(files: Iterable[Path]) -> list[tuple[str, int, int]]:

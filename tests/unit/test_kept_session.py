@@ -58,6 +58,30 @@ def test_the_key_changes_with_what_decides_the_session(tmp_path: Path) -> None:
     assert key() != base
 
 
+def test_the_key_changes_when_a_library_is_installed_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pip writes a distribution's metadata folder anew at each install: an upgrade (another
+    folder name) or a reinstall of the same version (a later time) gives another session."""
+    site = tmp_path / "site-packages"
+    (site / "torch").mkdir(parents=True)
+    (site / "torch-2.5.0.dist-info").mkdir()
+    (site / "README.txt").write_text("not a distribution")
+    monkeypatch.setattr(sys, "path", ["", str(tmp_path / "missing"), str(site)])
+
+    def key() -> str:
+        return kept_session.session_key(tmp_path, {}, None, {}, [], {})
+
+    assert kept_session.installed_packages() == [(str(site / "torch-2.5.0.dist-info"),
+                                                  (site / "torch-2.5.0.dist-info").stat().st_mtime_ns)]
+    base = key()
+    assert key() == base
+    (site / "torch-2.5.0.dist-info").rename(site / "torch-2.6.0.dist-info")
+    upgraded = key()
+    assert upgraded != base
+    later = (site / "torch-2.6.0.dist-info").stat().st_mtime_ns + 10**9
+    os.utime(site / "torch-2.6.0.dist-info", ns=(later, later))
+    assert len({base, upgraded, key()}) == 3
+
+
 def test_the_socket_lives_in_a_private_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("tempfile.gettempdir", lambda: str(tmp_path))
     path = kept_session.socket_path(tmp_path / "project" / "target")
