@@ -164,8 +164,8 @@ def serve(path: Path, idle_s: float) -> None:
                     return
                 if key is not None and request.get("key") != key:
                     kept_session.send(conn, {"restart": "the command needs another session"})
-                    print("a command needs another session (settings, code, environment or installed libraries changed): ending",
-                          flush=True)
+                    print("a command needs another session (settings, code, environment or installed "
+                          "libraries changed): ending", flush=True)
                     return
                 try:
                     kept_session.send(conn, {"accepted": True})
