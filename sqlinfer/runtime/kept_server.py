@@ -12,6 +12,7 @@ one that failed in sqlinfer itself, and when its JVM has gone.
 
 from __future__ import annotations
 
+import gc
 import io
 import os
 import signal
@@ -102,21 +103,34 @@ class _Command:
         return code if isinstance(code, int) else 1
 
 
-def _fresh_session() -> None:
-    """The next command's SparkSession: a new one of the same SparkContext, so that temporary views,
-    functions and SQL settings of one command never reach the next (tables and cached data are
-    shared, as between two commands). Weights broadcast for earlier commands and not used by the
-    last one are destroyed: the SparkContext would otherwise hold every version of them."""
+def _give_back_memory() -> None:
+    """What the last command no longer needs, given back before the session waits: the weights
+    broadcast for earlier commands and not used by the last one (the SparkContext would otherwise
+    hold every version of them), then the command's objects and the free pages of this process's
+    heap (the weights it read and the networks it checked: about 90 MB for a ResNet-18)."""
     from pyspark.sql import SparkSession
 
     from sqlinfer.models.udf import release_unused_broadcasts
+    from sqlinfer.worker.score import release_free_memory
+
+    current = SparkSession._instantiatedSession
+    if current is not None and current._sc._jsc is not None:
+        released = release_unused_broadcasts(current._sc)
+        if released:
+            print(f"released {released} weights broadcast(s) no longer used", flush=True)
+    gc.collect()
+    release_free_memory()
+
+
+def _fresh_session() -> None:
+    """The next command's SparkSession: a new one of the same SparkContext, so that temporary views,
+    functions and SQL settings of one command never reach the next (tables and cached data are
+    shared, as between two commands)."""
+    from pyspark.sql import SparkSession
 
     current = SparkSession._instantiatedSession
     if current is None or current._sc._jsc is None:
         return
-    released = release_unused_broadcasts(current._sc)
-    if released:
-        print(f"released {released} weights broadcast(s) no longer used", flush=True)
     fresh = current.newSession()
     SparkSession._instantiatedSession = SparkSession._activeSession = fresh
     java_class = SparkSession._get_j_spark_session_class(fresh._jvm)
@@ -183,6 +197,7 @@ def serve(path: Path, idle_s: float) -> None:
             if command.interrupted or not _jvm_alive():
                 print("the command was interrupted, or the JVM has gone: ending", flush=True)
                 return
+            _give_back_memory()
             _fresh_session()
     finally:
         listener.close()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import gc
 import threading
 import time
-import weakref
 from collections.abc import Callable
 
 from sqlinfer.models.flavors.base import Weights
@@ -65,12 +64,13 @@ def _drop_replaced(plan: ModelPlan) -> None:
     worker until it ends."""
     stale = [key for key, network in _NETWORKS.items()
              if network.plan.udf_name == plan.udf_name and key[0] != plan.fingerprint]
-    dropped = []
+    if not stale:
+        return
     for key in stale:
-        dropped.append(weakref.ref(_NETWORKS.pop(key)))
+        del _NETWORKS[key]
         _INHERITED.discard(key)
-    if any(network() is not None for network in dropped):
-        # Held by a reference cycle among the objects get_model froze: out of the collector's
-        # reach until unfrozen (get_model freezes again after the new build).
-        gc.unfreeze()
-        gc.collect()
+    # A network folded through torch.fx holds itself in a reference cycle (its graph and module
+    # name each other), and get_model froze it out of the collector's reach after its build: only
+    # unfrozen can it be collected. get_model freezes again after the new build.
+    gc.unfreeze()
+    gc.collect()

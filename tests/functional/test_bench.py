@@ -107,3 +107,18 @@ def test_the_latency_bench_times_each_command_with_its_timeline(tmp_path: Path, 
     for name, result in data.items():
         assert 0 < result["median_s"] < 120, name
         assert result["timeline"][-1].endswith("exit") and any("JVM started" in line for line in result["timeline"])
+
+
+def test_the_kept_memory_bench_reports_each_commands_memory(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "bench/kept_memory.py", "--commands", "4", "--work", str(tmp_path),
+                           "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"kept memory bench failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    data = json.loads((tmp_path / "kept_memory.json").read_text())
+    assert len(data["commands"]) == 4
+    for command in data["commands"]:
+        assert command["driver"] > 100 and command["jvm"] > 100 and command["workers"] > 100, command
+    assert isinstance(data["growth_mb_per_command"], float)
+    assert "growth over commands 3-4:" in proc.stdout
+    from sqlinfer.runtime import kept_session
+
+    assert kept_session.server_pid(tmp_path / "project" / "target") is None  # stopped at the end
