@@ -4,7 +4,9 @@ SOCKET IDLE_SECONDS``, started by the first command that wants it.
 It listens on the project's socket and runs one command line at a time through the same click
 commands a terminal runs, its output sent back frame by frame. The first command starts the Spark
 session as any command would; each later one finds it running (``build_session`` reuses a
-process's session), in a fresh SparkSession of the same SparkContext. It ends, and its JVM with it
+process's session), in a fresh SparkSession of the same SparkContext; between two commands it
+gives back what the last one no longer needs (weights broadcasts, its heap's free pages), so that
+weights changed between commands do not pile up. It ends, and its JVM with it
 (the class archive written as at any command's end), after IDLE_SECONDS without a command, when
 asked to stop, when a command needs a session of another key, after an interrupted command or
 one that failed in sqlinfer itself, and when its JVM has gone.
