@@ -111,24 +111,19 @@ def session_key(root: Path, spark: Mapping[str, Any], master: str | None, conf: 
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
-def installed_packages(folders: Iterable[str] | None = None) -> list[tuple[str, int]]:
-    """Every installed distribution's metadata folder on ``sys.path`` with its time: pip writes a
-    new one at each install, upgrade or reinstall, so a session whose processes imported the old
-    torch (or any other library) is not reused after ``pip install``. About 1 ms: one listing per
+def installed_packages() -> list[tuple[str, int, int]]:
+    """Every installed distribution's metadata folder on ``sys.path``, stamped: pip writes a new
+    one at each install, upgrade or reinstall, so a session whose processes imported the old
+    torch (or any other library) is not reused after ``pip install``. 1-2 ms: one listing per
     folder, no import."""
-    out = []
-    for folder in sys.path if folders is None else folders:
+    folders: list[Path] = []
+    for folder in filter(None, sys.path):
         try:
-            entries = list(os.scandir(folder)) if folder else []
+            with os.scandir(folder) as entries:
+                folders += [Path(e.path) for e in entries if e.name.endswith((".dist-info", ".egg-info"))]
         except OSError:
             continue
-        for entry in entries:
-            if entry.name.endswith((".dist-info", ".egg-info")):
-                try:
-                    out.append((entry.path, entry.stat().st_mtime_ns))
-                except OSError:
-                    continue
-    return sorted(out)
+    return _stamps(folders)
 
 
 def _stamps(files: Iterable[Path]) -> list[tuple[str, int, int]]:

@@ -70,8 +70,8 @@ def test_the_key_changes_when_a_library_is_installed_again(tmp_path: Path, monke
     def key() -> str:
         return kept_session.session_key(tmp_path, {}, None, {}, [], {})
 
-    assert kept_session.installed_packages() == [(str(site / "torch-2.5.0.dist-info"),
-                                                  (site / "torch-2.5.0.dist-info").stat().st_mtime_ns)]
+    assert [stamp[:2] for stamp in kept_session.installed_packages()] == [
+        (str(site / "torch-2.5.0.dist-info"), (site / "torch-2.5.0.dist-info").stat().st_mtime_ns)]
     base = key()
     assert key() == base
     (site / "torch-2.5.0.dist-info").rename(site / "torch-2.6.0.dist-info")
