@@ -22,6 +22,7 @@ from sqlinfer.models.flavors.base import (
     state_tensors,
     weights_path,
 )
+from sqlinfer.models.skip_init import constructed_for_weights
 from sqlinfer.models.torchvision_import import import_torchvision
 
 if TYPE_CHECKING:
@@ -85,7 +86,8 @@ class TorchVision(Flavor):
         return safetensors_file(item, root)
 
     def build(self, decl: ModelDecl, weights: Weights) -> torch.nn.Module:
-        module = _new(decl)
+        # No random initialization: the strict load replaces every tensor (sqlinfer/models/skip_init.py).
+        module = constructed_for_weights(lambda: _new(decl))
         load_state(module, weights)
         return module
 
