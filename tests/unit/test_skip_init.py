@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save
 from torch import nn
+from torch.nn.modules import activation
 
 from sqlinfer.models.declaration import ModelDecl
 from sqlinfer.models.flavors.base import Weights
@@ -34,6 +35,15 @@ class Scaled(Sevens):
         nn.init.constant_(self.scale, 2.0)
 
 
+class AttentionSevens(nn.Module):
+    """The same through the name MultiheadAttention's module imported the initializer under."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.full((3,), 7.0))
+        activation.constant_(self.weight, 0.0)
+
+
 class Broken(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -44,6 +54,12 @@ def test_the_initializers_are_skipped_while_constructing_and_restored_after() ->
     module = constructed_for_weights(Sevens)
     assert module.weight.tolist() == [7.0, 7.0, 7.0]  # nn.init.zeros_ did nothing
     assert Sevens().weight.tolist() == [0.0, 0.0, 0.0]  # and does its work again
+
+
+def test_initializers_imported_by_name_are_skipped_too() -> None:
+    assert constructed_for_weights(AttentionSevens).weight.tolist() == [7.0, 7.0, 7.0]
+    assert activation.constant_ is nn.init.constant_
+    assert AttentionSevens().weight.tolist() == [0.0, 0.0, 0.0]
 
 
 def test_a_failing_constructor_restores_the_initializers() -> None:
