@@ -3,9 +3,10 @@
 A torchvision constructor fills every parameter with random values (``torch.nn.init``'s kaiming,
 truncated-normal and uniform draws) that the state_dict loaded next overwrites: for a ViT-L/16
 1.6 s of the 2.3 s a build takes on one core (docs/performance.md), paid by every worker that
-builds it and by the driver's check. Constructed with those functions as no-ops, the tensors keep the memory they were
-allocated with until ``load_state_dict(strict=True)`` replaces every parameter and persistent
-buffer; a strict load fails on any the weights lack, so none keeps that memory unnoticed.
+builds it and by the driver's check. Constructed with those functions as no-ops, the tensors keep
+the memory they were allocated with until ``load_state_dict(strict=True)`` replaces every
+parameter and persistent buffer; a strict load fails on any the weights lack, so none keeps that
+memory unnoticed.
 
 Only values no state_dict carries could: non-persistent buffers. A module that has any is built
 again with its initialization (none of torchvision's classification models has one).
