@@ -49,11 +49,10 @@ def _unchanged(tensor: Any, *args: Any, **kwargs: Any) -> Any:
 @contextmanager
 def _initializers_skipped() -> Iterator[None]:
     with _SWAP_LOCK:
-        init = importlib.import_module(HOLDERS[0])
-        originals = {getattr(init, name) for name in INIT_FUNCTIONS if hasattr(init, name)}
+        init = importlib.import_module("torch.nn.init")
+        originals = {name: getattr(init, name) for name in INIT_FUNCTIONS if hasattr(init, name)}
         swapped = [(holder, name, function) for holder in map(importlib.import_module, HOLDERS)
-                   for name in INIT_FUNCTIONS
-                   if (function := getattr(holder, name, None)) is not None and function in originals]
+                   for name, function in originals.items() if getattr(holder, name, None) is function]
         try:
             for holder, name, _ in swapped:
                 setattr(holder, name, _unchanged)
